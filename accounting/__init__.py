@@ -1,0 +1,1 @@
+"""Privacy accounting: events, Renyi DP and PLD accountants, calibration."""

@@ -1,0 +1,1 @@
+"""Privacy attacks against decentralized learning (membership, inversion, linkability, source)."""

@@ -1,0 +1,1 @@
+"""Privacy mechanisms and protocols that plug into the decentralized engine."""

@@ -1,0 +1,3 @@
+"""privlab: a laboratory for privacy attacks and defenses in decentralized learning."""
+
+__version__ = "0.1.0"

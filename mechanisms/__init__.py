@@ -1,1 +1,8 @@
-"""Privacy mechanisms and protocols that plug into the decentralized engine."""
+"""Privacy mechanisms and protocols that plug into the decentralized engine.
+
+Importing this package registers its protocols in ``privlab.protocol.PROTOCOLS``.
+"""
+
+from privlab.mechanisms.gossip import DPSGD, EpidemicLearning
+
+__all__ = ["DPSGD", "EpidemicLearning"]

@@ -1,0 +1,91 @@
+"""The two baseline protocols: D-PSGD and Epidemic Learning (plain model averaging).
+
+Both send each node's whole model on every edge of the round's ``CommPlan`` (after the
+local steps: "train, then average") and differ in how a receiver weighs its inbox.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from privlab.protocol import PROTOCOLS, Messages, Protocol, sparse_matmul, weighted_inbox_sum
+from privlab.topology import CommPlan
+
+METADATA_BYTES = 8
+"""Header of a model message: the round number and the sender's degree (int32 each)."""
+
+
+@PROTOCOLS.register("dpsgd")
+class DPSGD(Protocol):
+    """Decentralized parallel SGD (Lian et al., NeurIPS 2017, Algorithm 1).
+
+    Node v's new model is ``W[v, v] x_v + sum_u W[v, u] x_u`` over the plan's edges, with
+    the plan's mixing weights (Metropolis-Hastings by default, so W is doubly
+    stochastic on undirected graphs).
+    """
+
+    name = "dpsgd"
+
+    def __init__(self) -> None:
+        self._mixing: tuple[CommPlan, torch.Tensor] | None = None
+
+    def send(
+        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
+    ) -> Messages:
+        return Messages.of_rows(params, plan.src, plan.dst, metadata_bytes=METADATA_BYTES)
+
+    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+        if messages.rows is params:  # the plain exchange: one product W @ params
+            return sparse_matmul(self._mixing_matrix(plan), params)
+        neighbours = weighted_inbox_sum(messages, plan.weight, plan.num_nodes)
+        return neighbours.add_(params * plan.self_weight.unsqueeze(1))
+
+    def _mixing_matrix(self, plan: CommPlan) -> torch.Tensor:
+        """W of ``plan``, cached while the plan stays the same (static topologies)."""
+        if self._mixing is None or self._mixing[0] is not plan:
+            self._mixing = (plan, plan.mixing_matrix("csr"))
+        return self._mixing[1]
+
+    def receive_node(
+        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+    ) -> torch.Tensor:
+        to_node = plan.dst == node
+        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
+        out = float(plan.self_weight[node]) * own
+        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
+            out = out + weight_of[sender] * payload
+        return out
+
+
+@PROTOCOLS.register("epidemic")
+class EpidemicLearning(Protocol):
+    """Epidemic Learning (de Vos, Farhadkhani, Guerraoui, Kermarrec, Pires, Sharma,
+    NeurIPS 2023, Algorithm 1).
+
+    Each node pushes its model to the peers the round's plan gives it (EL-Oracle: a fresh
+    s-regular graph; EL-Local: s random peers of its own choosing); a receiver averages
+    uniformly over itself and whatever arrived, ``(x_v + sum_{u in S_v} x_u) / (|S_v| + 1)``,
+    independently of the plan's weights (EL does not use Metropolis-Hastings).
+    """
+
+    name = "epidemic"
+
+    def send(
+        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
+    ) -> Messages:
+        return Messages.of_rows(params, plan.src, plan.dst, metadata_bytes=METADATA_BYTES)
+
+    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+        n = plan.num_nodes
+        ones = torch.ones(len(messages), dtype=params.dtype)
+        received = torch.bincount(messages.dst, minlength=n).to(params.dtype)
+        total = weighted_inbox_sum(messages, ones, n).add_(params)
+        return total.div_(received.add_(1).unsqueeze(1))
+
+    def receive_node(
+        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+    ) -> torch.Tensor:
+        total = own.clone()
+        for payload in inbox.payload:
+            total = total + payload
+        return total / (len(inbox) + 1)

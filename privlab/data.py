@@ -1,0 +1,457 @@
+"""Datasets (embedded, user files, torchvision when present) and partitions among nodes.
+
+A :class:`Dataset` holds every sample as tensors. :func:`partition` splits it into a test
+set, a non-member pool (never trained on, for membership inference) and a training pool
+shared among nodes: ``iid``, ``dirichlet`` (Hsu et al., 2019) or ``shards``
+(McMahan et al., 2017). All randomness comes from ``numpy.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from privlab.errors import PrivlabError, check
+from privlab.registry import Registry
+
+Loader = Callable[..., "Dataset"]
+Partitioner = Callable[[np.ndarray, int, np.random.Generator, "PartitionOptions"], list]
+
+datasets: Registry[Loader] = Registry("dataset")
+partitions: Registry[Partitioner] = Registry("partition")
+
+_FILE_SUFFIXES = {".npz": "npz", ".csv": "csv"}
+_TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """All samples of a classification task: ``X`` float32 ``[N, *input_shape]``, ``y`` int64."""
+
+    name: str
+    X: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        check(self.X.dtype == torch.float32, "X", "float32", self.X.dtype)
+        check(self.X.dim() >= 2, "X", "of shape [N, *input_shape]", tuple(self.X.shape))
+        check(self.y.dtype == torch.int64, "y", "int64", self.y.dtype)
+        check(self.y.shape == self.X.shape[:1], "y", f"of shape [{len(self.X)}]",
+              tuple(self.y.shape))
+        check(self.num_classes >= 1, "num_classes", ">= 1", self.num_classes)
+        if len(self.y):
+            low, high = int(self.y.min()), int(self.y.max())
+            check(low >= 0 and high < self.num_classes, "y",
+                  f"labels in 0..{self.num_classes - 1}", (low, high))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample."""
+        return tuple(self.X.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedData:
+    """A dataset split into per-node training sets, a non-member pool and a test set.
+
+    ``node_indices[i]`` are the indices of node i's training samples (the membership
+    ground truth); the non-member pool is never trained on. All index sets are disjoint.
+    Index arrays are int64, sorted and read-only.
+    """
+
+    dataset: Dataset
+    node_indices: tuple[np.ndarray, ...]
+    nonmember_indices: np.ndarray
+    test_indices: np.ndarray
+
+    def __post_init__(self) -> None:
+        nodes = tuple(_frozen_indices(idx) for idx in self.node_indices)
+        object.__setattr__(self, "node_indices", nodes)
+        object.__setattr__(self, "nonmember_indices", _frozen_indices(self.nonmember_indices))
+        object.__setattr__(self, "test_indices", _frozen_indices(self.test_indices))
+        check(len(nodes) >= 1, "node_indices", "a non-empty tuple", len(nodes))
+        check(all(len(idx) for idx in nodes), "node_indices", "non-empty for every node",
+              [len(idx) for idx in nodes])
+        every = np.concatenate([*nodes, self.nonmember_indices, self.test_indices])
+        check(len(np.unique(every)) == len(every), "node_indices",
+              "disjoint from each other and from the non-member and test sets", "overlap")
+        check(every.min() >= 0 and every.max() < len(self.dataset), "node_indices",
+              f"indices in 0..{len(self.dataset) - 1}", (int(every.min()), int(every.max())))
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes."""
+        return len(self.node_indices)
+
+    def node_sizes(self) -> np.ndarray:
+        """Number of training samples of each node, int64 ``[n]``."""
+        return np.array([len(idx) for idx in self.node_indices], dtype=np.int64)
+
+    def padded_node_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([n, m] int64 indices, right-padded with -1, m = max node size; [n] int64 sizes)."""
+        sizes = self.node_sizes()
+        padded = np.full((self.num_nodes, int(sizes.max())), -1, dtype=np.int64)
+        for row, idx in zip(padded, self.node_indices, strict=True):
+            row[: len(idx)] = idx
+        return torch.from_numpy(padded), torch.from_numpy(sizes)
+
+    def summary(self) -> dict:
+        """JSON-able description: sizes of every split and each node's label histogram."""
+        sizes = self.node_sizes()
+        labels = self.dataset.y.numpy()
+        return {
+            "dataset": self.dataset.name,
+            "num_samples": len(self.dataset),
+            "input_shape": list(self.dataset.input_shape),
+            "num_classes": self.dataset.num_classes,
+            "num_nodes": self.num_nodes,
+            "node_size_min": int(sizes.min()),
+            "node_size_mean": float(sizes.mean()),
+            "node_size_max": int(sizes.max()),
+            "n_train": int(sizes.sum()),
+            "n_nonmember": len(self.nonmember_indices),
+            "n_test": len(self.test_indices),
+            "node_label_histogram": [
+                np.bincount(labels[idx], minlength=self.dataset.num_classes).tolist()
+                for idx in self.node_indices
+            ],
+        }
+
+
+def _frozen_indices(indices: np.ndarray) -> np.ndarray:
+    array = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
+    array.setflags(write=False)
+    return array
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset` (a path to a .npz or .csv file works too)."""
+    return datasets.names()
+
+
+def load_dataset(
+    name: str | Path, *, root: str | Path | None = None, seed: int = 0, **options
+) -> Dataset:
+    """Load the dataset ``name`` (a registered name or a path to a .npz/.csv file).
+
+    ``root`` is the folder of torchvision files (privlab never downloads) and the base of
+    relative ``path`` options; ``seed`` drives generated datasets. Other keyword
+    arguments are the dataset's options; an unknown one is an error listing valid ones.
+    """
+    root = None if root is None else Path(root)
+    suffix = Path(name).suffix.lower()
+    if isinstance(name, Path) or suffix in _FILE_SUFFIXES:
+        check(suffix in _FILE_SUFFIXES, "name", "a dataset name or a .npz/.csv path", str(name))
+        check("path" not in options, "path", "given once (the name is already a path)",
+              options.get("path"))
+        name, options = _FILE_SUFFIXES[suffix], {**options, "path": name}
+    loader = datasets[name]
+    params = inspect.signature(loader).parameters
+    valid = sorted(set(params) - {"root", "seed"})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise PrivlabError(
+            f"unknown option {unknown[0]!r} for dataset {name!r}; valid: {', '.join(valid)}"
+        )
+    context = {"root": root, "seed": seed}
+    return loader(**{k: v for k, v in context.items() if k in params}, **options)
+
+
+def _integer(value: object, field: str, minimum: int) -> int:
+    ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
+    check(ok, field, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+@datasets.register("digits")
+def _digits() -> Dataset:
+    """UCI handwritten digits via scikit-learn: ``[1797, 1, 8, 8]`` in [0, 1], 10 classes."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = torch.tensor(bunch.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    return Dataset("digits", X, torch.tensor(bunch.target, dtype=torch.int64), 10)
+
+
+@datasets.register("breast_cancer")
+def _breast_cancer() -> Dataset:
+    """Wisconsin breast cancer via scikit-learn: 30 features, 2 classes.
+
+    Features are z-scored with the mean and standard deviation of the whole set
+    (test samples included), a negligible leak for a fixed benchmark.
+    """
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    features = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)
+    X = torch.tensor(features, dtype=torch.float32)
+    return Dataset("breast_cancer", X, torch.tensor(bunch.target, dtype=torch.int64), 2)
+
+
+@datasets.register("synthetic")
+def _synthetic(
+    seed: int,
+    num_samples: int = 2000,
+    dimension: int = 20,
+    num_classes: int = 4,
+    separation: float = 2.0,
+) -> Dataset:
+    """Gaussian mixture: class means ~ N(0, separation^2 I), samples ~ N(mean, I).
+
+    Classes are balanced (sizes differ by at most one); ``seed`` fixes everything.
+    """
+    num_classes = _integer(num_classes, "num_classes", 2)
+    num_samples = _integer(num_samples, "num_samples", num_classes)
+    dimension = _integer(dimension, "dimension", 1)
+    ok = isinstance(separation, Real) and np.isfinite(separation) and separation >= 0
+    check(ok, "separation", "a finite number >= 0", separation)
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=separation, size=(num_classes, dimension))
+    y = rng.permutation(np.arange(num_samples) % num_classes)
+    X = means[y] + rng.normal(size=(num_samples, dimension))
+    return Dataset("synthetic", torch.tensor(X, dtype=torch.float32), torch.from_numpy(y),
+                   num_classes)
+
+
+def _existing_file(path: str | Path | None, root: Path | None) -> Path:
+    check(path is not None, "path", "the file to load", path)
+    path = Path(path).expanduser()
+    if root is not None and not path.is_absolute():
+        path = root / path
+    if not path.is_file():
+        raise PrivlabError(f"path {str(path)!r} is not an existing file")
+    return path
+
+
+def _from_arrays(name: str, features: np.ndarray, labels: np.ndarray, path: Path) -> Dataset:
+    """Build a dataset from user arrays; labels become their rank among the distinct labels."""
+    if features.ndim < 2 or len(features) != len(labels):
+        raise PrivlabError(f"{path}: X must have shape [N, ...] with N = len(y) = {len(labels)}, "
+                           f"got {features.shape}")
+    try:
+        X = np.asarray(features, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise PrivlabError(f"{path}: features must be numeric ({error})") from None
+    if not np.isfinite(X).all():
+        raise PrivlabError(f"{path}: features must be finite (found NaN or inf)")
+    codes, classes = pd.factorize(pd.Series(labels.reshape(-1)), sort=True)
+    if (codes < 0).any():
+        raise PrivlabError(f"{path}: labels must not be missing")
+    return Dataset(name, torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64)),
+                   max(len(classes), 1))
+
+
+@datasets.register("npz")
+def _npz(root: Path | None, path: str | Path | None = None) -> Dataset:
+    """Arrays ``X`` (``[N, ...]``, any numeric dtype) and ``y`` (``[N]`` labels) of a .npz file.
+
+    Labels are remapped to 0..C-1 in sorted order (identity when they already are 0..C-1).
+    """
+    path = _existing_file(path, root)
+    with np.load(path, allow_pickle=False) as archive:
+        missing = sorted({"X", "y"} - set(archive.files))
+        if missing:
+            raise PrivlabError(f"{path}: missing array(s) {missing}; found {archive.files}")
+        return _from_arrays(path.stem, archive["X"], archive["y"], path)
+
+
+@datasets.register("csv")
+def _csv(
+    root: Path | None, path: str | Path | None = None, label_column: str | None = None
+) -> Dataset:
+    """Numeric feature columns and one label column of a .csv file with a header row.
+
+    The label column is ``label_column``, else ``"label"`` when present, else the last
+    column. Labels (numbers or strings) are remapped to 0..C-1 in sorted order.
+    """
+    path = _existing_file(path, root)
+    frame = pd.read_csv(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if label_column is None:
+        label_column = "label" if "label" in columns else columns[-1]
+    check(label_column in columns, "label_column", f"one of {columns}", label_column)
+    features = frame.drop(columns=[label_column])
+    text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if text or features.shape[1] == 0:
+        raise PrivlabError(f"{path}: feature columns must be numeric and non-empty; "
+                           f"non-numeric: {text}")
+    return _from_arrays(path.stem, features.to_numpy(), frame[label_column].to_numpy(), path)
+
+
+def _torchvision_loader(name: str) -> Loader:
+    def load(root: Path | None, split: str = "train") -> Dataset:
+        check(split in ("train", "test"), "split", "'train' or 'test'", split)
+        try:
+            tv_datasets = importlib.import_module("torchvision.datasets")
+        except ImportError:
+            raise PrivlabError(
+                f"dataset {name!r} needs torchvision: pip install torchvision"
+            ) from None
+        if root is None:
+            raise PrivlabError(f"dataset {name!r} needs root=<folder holding its files>; "
+                               "privlab never downloads")
+        try:
+            source = getattr(tv_datasets, _TORCHVISION[name])(
+                str(root), train=split == "train", download=False
+            )
+        except (RuntimeError, FileNotFoundError):
+            raise PrivlabError(
+                f"no {name} files under root {str(root)!r}; privlab never downloads: fetch "
+                f"them once with torchvision.datasets.{_TORCHVISION[name]}(root, download=True)"
+            ) from None
+        images = torch.as_tensor(np.asarray(source.data))
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        X = images.to(torch.float32).div_(255.0).contiguous()
+        y = torch.as_tensor(np.asarray(source.targets), dtype=torch.int64)
+        return Dataset(name, X, y, len(source.classes))
+
+    load.__doc__ = f"torchvision {_TORCHVISION[name]} from files under ``root``, [N, C, H, W]."
+    return load
+
+
+for _name in _TORCHVISION:
+    datasets.register(_name)(_torchvision_loader(_name))
+
+
+# ------------------------------------------------------------------------ partitions
+
+
+@dataclass(frozen=True)
+class PartitionOptions:
+    """Scheme parameters: Dirichlet concentration and shards per node."""
+
+    alpha: float
+    shards_per_node: int
+
+
+def available_partitions() -> list[str]:
+    """Names accepted by :func:`partition`."""
+    return partitions.names()
+
+
+def partition(
+    dataset: Dataset,
+    num_nodes: int,
+    scheme: str = "iid",
+    *,
+    alpha: float = 0.5,
+    shards_per_node: int = 2,
+    test_fraction: float = 0.2,
+    nonmember_fraction: float = 0.2,
+    seed: int = 0,
+) -> FederatedData:
+    """Split ``dataset`` into test, non-member and training sets, then share training among nodes.
+
+    The three-way split is stratified by label. Schemes: ``iid`` (random, near-equal),
+    ``dirichlet`` (per-class proportions ~ Dir(alpha), Hsu et al., 2019, "Measuring the
+    effects of non-identical data distribution"), ``shards`` (label-sorted shards,
+    McMahan et al., 2017, "Communication-efficient learning ... from decentralized data").
+    Every node gets at least one sample; the same seed gives the same result.
+    """
+    partitioner = partitions[scheme]
+    for field, value in (("test_fraction", test_fraction),
+                         ("nonmember_fraction", nonmember_fraction)):
+        check(isinstance(value, Real) and 0 <= value < 1, field, "in [0, 1)", value)
+    check(test_fraction + nonmember_fraction < 1, "test_fraction + nonmember_fraction", "< 1",
+          test_fraction + nonmember_fraction)
+    num_nodes = _integer(num_nodes, "num_nodes", 2)
+    rng = np.random.default_rng(seed)
+    labels = dataset.y.numpy()
+    train, nonmember, test = _stratified_split(labels, test_fraction, nonmember_fraction, rng)
+    check(num_nodes <= len(train), "num_nodes", f"<= the training pool size ({len(train)})",
+          num_nodes)
+    options = PartitionOptions(alpha, shards_per_node)
+    parts = partitioner(labels[train], num_nodes, rng, options)
+    return FederatedData(dataset, tuple(train[p] for p in parts), nonmember, test)
+
+
+def _stratified_split(
+    labels: np.ndarray, test_fraction: float, nonmember_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, nonmember, test) indices; every prefix of a class-interleaved order is stratified."""
+    key = np.empty(len(labels))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        key[members] = (rng.permutation(len(members)) + rng.random(len(members))) / len(members)
+    order = np.argsort(key, kind="stable")
+    n_test = round(test_fraction * len(labels))
+    n_out = n_test + round(nonmember_fraction * len(labels))
+    return np.sort(order[n_out:]), np.sort(order[n_test:n_out]), np.sort(order[:n_test])
+
+
+@partitions.register("iid")
+def _iid(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
+         options: PartitionOptions) -> list[np.ndarray]:
+    """Random permutation cut into near-equal parts."""
+    return np.array_split(rng.permutation(len(labels)), num_nodes)
+
+
+@partitions.register("dirichlet")
+def _dirichlet(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
+               options: PartitionOptions) -> list[np.ndarray]:
+    """Each class is shared among nodes in proportions ~ Dir(alpha 1); empty nodes are refilled
+    with one sample taken from the largest node."""
+    alpha = options.alpha
+    check(isinstance(alpha, Real) and np.isfinite(alpha) and alpha > 0, "alpha", "> 0", alpha)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        shares = rng.dirichlet(np.full(num_nodes, float(alpha)))
+        cuts = np.floor(np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
+        for node, chunk in enumerate(np.split(members, cuts)):
+            parts[node].append(chunk)
+    nodes = [np.concatenate(chunks) for chunks in parts]
+    for empty in [i for i, idx in enumerate(nodes) if len(idx) == 0]:
+        largest = int(np.argmax([len(idx) for idx in nodes]))
+        take = rng.integers(len(nodes[largest]))
+        nodes[empty] = nodes[largest][take : take + 1]
+        nodes[largest] = np.delete(nodes[largest], take)
+    return nodes
+
+
+@partitions.register("shards")
+def _shards(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
+            options: PartitionOptions) -> list[np.ndarray]:
+    """Label-sorted samples cut into ``num_nodes * shards_per_node`` shards, dealt at random.
+
+    A node sees at most ``2 * shards_per_node`` labels when no shard outsizes a class.
+    """
+    per_node = _integer(options.shards_per_node, "shards_per_node", 1)
+    num_shards = num_nodes * per_node
+    check(num_shards <= len(labels), "shards_per_node",
+          f"<= training pool size / num_nodes ({len(labels) // num_nodes})", per_node)
+    shards = np.array_split(np.lexsort((rng.random(len(labels)), labels)), num_shards)
+    deal = rng.permutation(num_shards).reshape(num_nodes, per_node)
+    return [np.concatenate([shards[s] for s in row]) for row in deal]
+
+
+def make_federated(
+    name: str | Path,
+    num_nodes: int,
+    scheme: str = "iid",
+    *,
+    root: str | Path | None = None,
+    seed: int = 0,
+    dataset_options: dict | None = None,
+    **partition_kw,
+) -> FederatedData:
+    """:func:`load_dataset` then :func:`partition`, both with ``seed``."""
+    dataset = load_dataset(name, root=root, seed=seed, **(dataset_options or {}))
+    return partition(dataset, num_nodes, scheme, seed=seed, **partition_kw)

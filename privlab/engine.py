@@ -1,0 +1,236 @@
+"""Engines run rounds of a protocol over many simulated nodes.
+
+``VectorizedEngine`` (the default) keeps all node models in one flat ``[n, D]`` tensor,
+trains them in one call and lets the protocol aggregate with tensor ops.
+``LoopEngine`` keeps one ``nn.Module`` and one ``torch.optim.SGD`` per node and runs
+every step node by node: the slow, obviously correct reference the tests compare the
+vectorized engine against. Both draw batches, plans and protocol randomness from the
+same seeded streams (``privlab.rng``), so on one seed they compute the same numbers.
+
+One round (``run_round``): the plan of who talks to whom; local SGD steps (unless the
+protocol is not training); ``protocol.send``; the observer records what curious parties
+receive; ``protocol.receive``.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privlab.data import FederatedData
+from privlab.errors import check
+from privlab.protocol import Messages, Observer, Protocol
+from privlab.rng import torch_generator
+from privlab.state import ParamSpec
+from privlab.topology import CommPlan, Topology
+from privlab.training import SGDConfig, StackedSGD, sample_batches, stacked_gradient
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """What each node does locally each round."""
+
+    batch_size: int = 16
+    local_steps: int = 1
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, "training.batch_size", ">= 1", self.batch_size)
+        check(self.local_steps >= 1, "training.local_steps", ">= 1", self.local_steps)
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a round cost: bytes each node sent ``[n]`` and the mean local training loss."""
+
+    round: int
+    bytes_sent: torch.Tensor
+    batch_loss: torch.Tensor | None
+
+
+class Engine(abc.ABC):
+    """Shared round logic; subclasses hold the node models and train/aggregate them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: FederatedData,
+        topology: Topology,
+        protocol: Protocol,
+        training: LocalTraining = LocalTraining(),
+        *,
+        seed: int = 0,
+        observer: Observer | None = None,
+        eval_samples: int = 256,
+    ):
+        check(
+            topology.num_nodes == data.num_nodes,
+            "topology.num_nodes",
+            f"equal to the data's {data.num_nodes} nodes",
+            topology.num_nodes,
+        )
+        self.model, self.data, self.topology, self.protocol = model, data, topology, protocol
+        self.training, self.seed, self.observer = training, seed, observer
+        self.spec = ParamSpec.of(model)
+        self.num_nodes = data.num_nodes
+        self.X, self.y = data.dataset.X, data.dataset.y
+        self.node_indices, self.node_sizes = data.padded_node_indices()
+        self.test_indices = torch.tensor(data.test_indices, dtype=torch.int64)
+        self.eval_indices, self.eval_mask = _evaluation_subset(
+            self.node_indices, self.node_sizes, eval_samples
+        )
+        protocol.setup(self.num_nodes, self.spec.dim, seed)
+
+    # -- the round --------------------------------------------------------------------
+
+    def run_round(self, round: int) -> RoundReport:
+        """Run round ``round``: local steps, send, observe, receive."""
+        plan = self.topology.plan(round)
+        batch_loss = None
+        if self.protocol.trains:
+            losses = [self._local_step(self._batch(round, step)) for step in range(self.training.local_steps)]
+            batch_loss = torch.stack(losses).mean(dim=0)
+        params = self.params
+        messages = self.protocol.send(params, plan, round, torch_generator(self.seed, "protocol", round))
+        if self.observer is not None:
+            self.observer.record(round, messages)
+        self._receive(params, messages, plan)
+        return RoundReport(round, messages.bytes_sent(self.num_nodes), batch_loss)
+
+    def _batch(self, round: int, step: int) -> torch.Tensor:
+        generator = torch_generator(self.seed, "batch", round, step)
+        return sample_batches(self.node_indices, self.node_sizes, self.training.batch_size, generator)
+
+    # -- evaluation -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """Per-node metrics ``[n]``: test_accuracy, train_loss, consensus_distance.
+
+        ``train_loss`` is the mean loss on (up to ``eval_samples`` of) the node's own
+        training data; ``consensus_distance`` is ``||x_v - mean_u x_u||^2``.
+        """
+        params = self.params
+        metrics = {"consensus_distance": (params - params.mean(dim=0)).pow(2).sum(dim=1)}
+        if self.protocol.trains:
+            metrics["test_accuracy"] = self._test_accuracy()
+            metrics["train_loss"] = self._train_loss()
+        return metrics
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def params(self) -> torch.Tensor:
+        """Every node's parameters as one ``[n, D]`` tensor."""
+
+    @abc.abstractmethod
+    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every node on its batch ``[n, B]``; returns the losses ``[n]``."""
+
+    @abc.abstractmethod
+    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
+        """Replace every node's state by what ``protocol.receive`` makes of its inbox."""
+
+    @abc.abstractmethod
+    def _test_accuracy(self) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def _train_loss(self) -> torch.Tensor: ...
+
+
+class VectorizedEngine(Engine):
+    """All nodes in one ``[n, D]`` tensor; one batched gradient call per local step."""
+
+    def __init__(self, *args, test_chunk: int = 512, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._params = self.spec.flatten(self.model).repeat(self.num_nodes, 1)
+        self._gradient = stacked_gradient(self.model, self.spec)
+        self._optimizer = StackedSGD(self.training.sgd)
+        self._test_chunk = test_chunk
+
+    @property
+    def params(self) -> torch.Tensor:
+        return self._params
+
+    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
+        grads, losses = self._gradient(self._params, self.X[batch], self.y[batch])
+        self._optimizer.step(self._params, grads)
+        return losses
+
+    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
+        self._params = self.protocol.receive(params, messages, plan)
+
+    def _test_accuracy(self) -> torch.Tensor:
+        correct = torch.zeros(self.num_nodes)
+        for chunk in self.test_indices.split(self._test_chunk):
+            logits = self._gradient.forward_shared(self._params, self.X[chunk])
+            correct += (logits.argmax(dim=-1) == self.y[chunk]).sum(dim=1)
+        return correct / max(len(self.test_indices), 1)
+
+    def _train_loss(self) -> torch.Tensor:
+        logits = self._gradient.forward(self._params, self.X[self.eval_indices])
+        n, b, c = logits.shape
+        loss = F.cross_entropy(
+            logits.reshape(n * b, c), self.y[self.eval_indices].reshape(-1), reduction="none"
+        ).view(n, b)
+        return (loss * self.eval_mask).sum(dim=1) / self.eval_mask.sum(dim=1)
+
+
+class LoopEngine(Engine):
+    """One ``nn.Module`` and one ``torch.optim.SGD`` per node: the slow reference."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.models = [copy.deepcopy(self.model) for _ in range(self.num_nodes)]
+        self.optimizers = [self.training.sgd.torch_optimizer(m.parameters()) for m in self.models]
+
+    @property
+    def params(self) -> torch.Tensor:
+        return torch.stack([self.spec.flatten(m) for m in self.models])
+
+    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
+        losses = []
+        for node, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(self.X[batch[node]]), self.y[batch[node]])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        return torch.stack(losses)
+
+    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
+        new_rows = [
+            self.protocol.receive_node(node, params[node], messages.inbox(node), plan)
+            for node in range(self.num_nodes)
+        ]
+        for model, row in zip(self.models, new_rows):
+            self.spec.load(model, row)
+
+    def _test_accuracy(self) -> torch.Tensor:
+        x, y = self.X[self.test_indices], self.y[self.test_indices]
+        return torch.stack([(m(x).argmax(dim=-1) == y).float().mean() for m in self.models])
+
+    def _train_loss(self) -> torch.Tensor:
+        losses = []
+        for node, model in enumerate(self.models):
+            idx = self.eval_indices[node][self.eval_mask[node].bool()]
+            losses.append(F.cross_entropy(model(self.X[idx]), self.y[idx]))
+        return torch.stack(losses)
+
+
+ENGINES: dict[str, type[Engine]] = {"vectorized": VectorizedEngine, "loop": LoopEngine}
+
+
+def _evaluation_subset(
+    node_indices: torch.Tensor, sizes: torch.Tensor, limit: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` training samples of each node ``[n, k]`` and their mask ``[n, k]``."""
+    k = min(limit, node_indices.shape[1])
+    mask = (torch.arange(k).unsqueeze(0) < sizes.unsqueeze(1)).float()
+    return node_indices[:, :k].clamp(min=0), mask

@@ -1,0 +1,173 @@
+"""From a typed config to a finished run: build the parts, train, evaluate, collect results.
+
+``build(config)`` assembles data, model, topology, protocol, observer and engine;
+``run(config)`` trains round by round with a progress bar and returns ``Results``.
+An interrupt (Ctrl-C) stops after the round in flight and keeps everything finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import privlab.mechanisms  # noqa: F401  (registers the protocols)
+from privlab.config import ExperimentConfig
+from privlab.data import FederatedData, make_federated
+from privlab.engine import ENGINES, Engine, LocalTraining
+from privlab.errors import PrivlabError
+from privlab.models import build_model
+from privlab.protocol import PROTOCOLS, Observer, Protocol, threat_model_from
+from privlab.results import METRIC_COLUMNS, Results, versions
+from privlab.rng import derive_seed
+from privlab.topology import Topology, build_topology
+from privlab.training import SGDConfig
+
+
+@dataclass
+class Experiment:
+    """The assembled parts of one run."""
+
+    config: ExperimentConfig
+    data: FederatedData
+    model: torch.nn.Module
+    topology: Topology
+    protocol: Protocol
+    engine: Engine
+    observer: Observer | None
+
+
+def build(config: ExperimentConfig) -> Experiment:
+    """Assemble every part of ``config``; invalid names or options raise ``PrivlabError``."""
+    c = config
+    data = _with_options(
+        "data",
+        lambda: make_federated(
+            c.data.dataset,
+            c.nodes,
+            c.data.partition,
+            root=c.data.root,
+            seed=c.seed,
+            dataset_options=c.data.options,
+            alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node,
+            test_fraction=c.data.test_fraction,
+            nonmember_fraction=c.data.nonmember_fraction,
+        ),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(c.seed, "model"))
+        model = _with_options(
+            "model",
+            lambda: build_model(
+                c.model.name, data.dataset.input_shape, data.dataset.num_classes, **c.model.options
+            ),
+        )
+    topology = _with_options(
+        "topology",
+        lambda: build_topology(
+            c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
+        ),
+    )
+    protocol = _with_options("protocol", lambda: PROTOCOLS[c.protocol.name](**c.protocol.options))
+    if protocol.name == "epidemic" and not topology.name.startswith("el-"):
+        raise PrivlabError(
+            f"protocol 'epidemic' needs topology 'el-oracle' or 'el-local', got {topology.name!r}"
+        )
+    training = LocalTraining(
+        batch_size=c.training.batch_size,
+        local_steps=c.training.local_steps,
+        sgd=SGDConfig(c.training.lr, c.training.momentum, c.training.weight_decay),
+    )
+    observer = None
+    if c.observer is not None:
+        threat = threat_model_from(**c.observer.model_dump())
+        observer = Observer(threat, c.nodes, sum(p.numel() for p in model.parameters()))
+    engine = ENGINES[c.engine](
+        model, data, topology, protocol, training, seed=c.seed, observer=observer
+    )
+    return Experiment(c, data, model, topology, protocol, engine, observer)
+
+
+def run(config: ExperimentConfig, *, progress: bool = True) -> Results:
+    """Train for ``config.rounds`` rounds, evaluating every ``eval_every`` and at the end."""
+    experiment = build(config)
+    engine = experiment.engine
+    rows: list[tuple[int, int, str, float]] = []
+    total_bytes = torch.zeros(config.nodes, dtype=torch.int64)
+    started = time.perf_counter()
+    completed, interrupted = 0, False
+    _record(rows, 0, engine.evaluate())
+    bar = tqdm(range(config.rounds), desc=config.name, disable=not progress, leave=False)
+    try:
+        for t in bar:
+            report = engine.run_round(t)
+            completed = t + 1
+            total_bytes += report.bytes_sent
+            _record(rows, completed, {"bytes_sent": report.bytes_sent})
+            if completed % config.eval_every == 0 or completed == config.rounds:
+                metrics = engine.evaluate()
+                _record(rows, completed, metrics)
+                if "test_accuracy" in metrics:
+                    bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if interrupted and completed % config.eval_every != 0 and completed > 0:
+        _record(rows, completed, engine.evaluate())
+    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    summary = _summary(config, experiment, metrics, total_bytes, time.perf_counter() - started)
+    summary.update(completed_rounds=completed, interrupted=interrupted)
+    return Results(config.to_dict(), metrics, summary, experiment.observer and experiment.observer.log)
+
+
+def _record(rows: list, round: int, metrics: dict[str, torch.Tensor]) -> None:
+    for name, values in metrics.items():
+        rows.extend((round, node, name, float(v)) for node, v in enumerate(values.tolist()))
+
+
+def _summary(
+    config: ExperimentConfig,
+    experiment: Experiment,
+    metrics: pd.DataFrame,
+    total_bytes: torch.Tensor,
+    wall_time: float,
+) -> dict[str, Any]:
+    accuracy = metrics[metrics.metric == "test_accuracy"]
+    final = accuracy[accuracy["round"] == accuracy["round"].max()]["value"]
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "seed": config.seed,
+        "nodes": config.nodes,
+        "protocol": experiment.protocol.describe(),
+        "topology": experiment.topology.describe(),
+        "data": experiment.data.summary(),
+        "parameters": experiment.engine.spec.dim,
+        "total_bytes": int(total_bytes.sum()),
+        "wall_time_s": round(wall_time, 3),
+        "versions": versions(),
+    }
+    if not final.empty:
+        summary["final_accuracy"] = {
+            "mean": float(final.mean()),
+            "min": float(final.min()),
+            "max": float(final.max()),
+        }
+    return summary
+
+
+def _with_options(section: str, factory: Callable[[], Any]) -> Any:
+    """Call ``factory``; an option the component does not take becomes a ``PrivlabError``."""
+    try:
+        return factory()
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        option = str(error).rsplit("argument", 1)[-1].strip()
+        raise PrivlabError(f"{section}: unknown option {option}") from None

@@ -1,0 +1,457 @@
+"""The plug-in contract: protocols exchange ``Messages``; an ``Observer`` records the attack surface.
+
+A round of any decentralized protocol is ``send`` (what goes on each directed edge)
+then ``receive`` (how each node folds its inbox into its state). The contract is
+shaped for every mechanism privlab carries, not only plain averaging:
+
+* payloads may differ per receiver (Zip-DL's correlated noise): one row per edge;
+* payloads may cover a subset of coordinates (Shatter's chunks, CESAR's
+  sparsification): ``indices`` names them, ``-1`` pads rows of unequal length;
+* receivers may not learn who sent a message (Shatter's virtual nodes):
+  ``sender_label`` is what the receiver is told, ``src`` stays the ground truth;
+* receivers may learn only an aggregate (CESAR's masks): the payload is whatever is on
+  the wire (masked integers), and only ``receive`` can combine it;
+* the state need not be a model (muted gossip): ``Protocol.trains = False`` tells the
+  engine to skip local training.
+
+The ``Observer`` is the attack boundary. It keeps exactly what the curious parties of
+a ``ThreatModel`` receive, at the rounds asked for, in an ``ObservationLog`` that can
+be saved, reloaded and attacked later.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import scipy.sparse
+import torch
+
+from privlab.errors import PrivlabError, check
+from privlab.registry import Registry
+from privlab.topology import CommPlan
+
+INDEX_BYTES = 4
+"""Bytes counted per coordinate index on the wire (int32: models have < 2**31 entries)."""
+
+
+class Messages:
+    """One message per directed edge: who sent what to whom, and what it costs.
+
+    ``payload[e, j]`` is the value of model coordinate ``indices[e, j]`` (or of
+    coordinate ``j`` when ``indices`` is None); an index of ``-1`` marks padding that is
+    neither sent nor counted. ``sender_label[e]`` is what the receiver learns about the
+    sender (a pseudonym); by default the true sender ``src[e]``.
+
+    When every message is its sender's whole state, build them with ``Messages.of_rows``:
+    the payload is then read from the senders' rows on demand, so broadcast protocols
+    never copy ``[E, D]`` and observers copy only what they record.
+    """
+
+    def __init__(
+        self,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        payload: torch.Tensor | None = None,
+        *,
+        indices: torch.Tensor | None = None,
+        sender_label: torch.Tensor | None = None,
+        metadata_bytes: int = 0,
+        rows: torch.Tensor | None = None,
+    ):
+        e = src.shape[0]
+        if (payload is None) == (rows is None):
+            raise PrivlabError("messages need exactly one of payload[E, k] or sender rows[n, D]")
+        if dst.shape != (e,) or src.ndim != 1:
+            raise PrivlabError(f"messages need src[E], dst[E]; got {tuple(src.shape)}, {tuple(dst.shape)}")
+        if payload is not None and (payload.ndim != 2 or payload.shape[0] != e):
+            raise PrivlabError(f"messages.payload must have shape [E={e}, k], got {tuple(payload.shape)}")
+        if rows is not None and (rows.ndim != 2 or indices is not None):
+            raise PrivlabError("messages.rows must be [n, D] and carry no indices")
+        if indices is not None and indices.shape != payload.shape:
+            raise PrivlabError("messages.indices must have the payload's shape [E, k]")
+        if sender_label is not None and sender_label.shape != (e,):
+            raise PrivlabError("messages.sender_label must have shape [E]")
+        self.src, self.dst = src, dst
+        self.indices, self.sender_label = indices, sender_label
+        self.metadata_bytes = metadata_bytes
+        self.rows = rows
+        self._payload = payload
+
+    @classmethod
+    def of_rows(
+        cls, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, **kwargs
+    ) -> Messages:
+        """Messages whose payload is the sender's whole row ``rows[src[e]]``."""
+        return cls(src, dst, rows=rows, **kwargs)
+
+    def __len__(self) -> int:
+        return int(self.src.shape[0])
+
+    @property
+    def payload(self) -> torch.Tensor:
+        """The payload ``[E, k]`` (gathered from the senders' rows when shared)."""
+        if self._payload is None:
+            return self.rows.index_select(0, self.src)
+        return self._payload
+
+    @property
+    def width(self) -> int:
+        """Entries per message row, padding included."""
+        return (self.rows if self._payload is None else self._payload).shape[1]
+
+    @property
+    def element_size(self) -> int:
+        return (self.rows if self._payload is None else self._payload).element_size()
+
+    @property
+    def seen_sender(self) -> torch.Tensor:
+        """What each receiver is told about the sender of each message."""
+        return self.src if self.sender_label is None else self.sender_label
+
+    def entries(self) -> torch.Tensor:
+        """Number of coordinates each message carries ``[E]`` (padding excluded)."""
+        if self.indices is None:
+            return torch.full((len(self),), self.width, dtype=torch.int64)
+        return (self.indices >= 0).sum(dim=1)
+
+    def bytes_per_message(self) -> dict[str, torch.Tensor]:
+        """Bytes of each message ``[E]``, split into payload, indices and metadata."""
+        entries = self.entries()
+        index_bytes = torch.zeros_like(entries) if self.indices is None else entries * INDEX_BYTES
+        return {
+            "payload": entries * self.element_size,
+            "indices": index_bytes,
+            "metadata": torch.full_like(entries, self.metadata_bytes),
+        }
+
+    def bytes_sent(self, num_nodes: int) -> torch.Tensor:
+        """Total bytes each node sent ``[n]`` (payload + indices + metadata)."""
+        total = sum(self.bytes_per_message().values())
+        return torch.zeros(num_nodes, dtype=torch.int64).index_add_(0, self.src, total)
+
+    def select(self, mask: torch.Tensor) -> Messages:
+        """The messages where ``mask[E]`` is true (rows stay shared, nothing is copied)."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[mask]
+
+        return Messages(
+            self.src[mask],
+            self.dst[mask],
+            pick(self._payload),
+            indices=pick(self.indices),
+            sender_label=pick(self.sender_label),
+            metadata_bytes=self.metadata_bytes,
+            rows=self.rows,
+        )
+
+    def inbox(self, node: int) -> Messages:
+        """The messages addressed to ``node``."""
+        return self.select(self.dst == node)
+
+
+class Protocol(abc.ABC):
+    """A decentralized protocol: what each node sends each round and how it aggregates.
+
+    ``send`` and ``receive`` are vectorized over all nodes (``params[n, D]``);
+    ``receive_node`` is the slow per-node reference the ``LoopEngine`` uses, so every
+    protocol's fast path is tested against an obviously correct one.
+    """
+
+    name: ClassVar[str] = "protocol"
+    trains: ClassVar[bool] = True
+    """False for dissemination protocols whose state is not a model (muted gossip)."""
+
+    def setup(self, num_nodes: int, dim: int, seed: int) -> None:
+        """Called once before the first round (key agreement, buffers). Default: nothing."""
+
+    @abc.abstractmethod
+    def send(
+        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
+    ) -> Messages:
+        """The messages of this round, given every node's state ``params[n, D]``."""
+
+    @abc.abstractmethod
+    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+        """Every node's new state ``[n, D]`` after reading its inbox."""
+
+    @abc.abstractmethod
+    def receive_node(
+        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+    ) -> torch.Tensor:
+        """Node ``node``'s new state ``[D]`` from its own ``own[D]`` and its ``inbox``."""
+
+    def describe(self) -> dict:
+        """JSON-able parameters of this protocol."""
+        return {"name": self.name}
+
+
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+
+
+# --------------------------------------------------------------------------- observer
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Who is curious, and when they look.
+
+    ``curious_nodes`` see every message addressed to them; ``colluding`` pools them into
+    one party, otherwise each is its own party. ``eavesdropped_links`` (directed
+    ``(src, dst)`` pairs) are seen by one external eavesdropper. ``rounds`` restricts
+    recording to those rounds (None: every round).
+    """
+
+    curious_nodes: tuple[int, ...] = ()
+    colluding: bool = False
+    eavesdropped_links: tuple[tuple[int, int], ...] = ()
+    rounds: tuple[int, ...] | None = None
+
+    def validate(self, num_nodes: int) -> None:
+        for node in self.curious_nodes:
+            check(0 <= node < num_nodes, "observer.curious_nodes", f"in [0, {num_nodes})", node)
+        for s, d in self.eavesdropped_links:
+            check(
+                0 <= s < num_nodes and 0 <= d < num_nodes and s != d,
+                "observer.eavesdropped_links",
+                f"pairs of distinct nodes in [0, {num_nodes})",
+                (s, d),
+            )
+        check(
+            bool(self.curious_nodes or self.eavesdropped_links),
+            "observer",
+            "given at least one curious node or eavesdropped link",
+            None,
+        )
+
+    def parties(self) -> list[str]:
+        """Names of the observing parties, in log order."""
+        names: list[str] = []
+        if self.colluding and self.curious_nodes:
+            names.append("coalition:" + ",".join(map(str, sorted(self.curious_nodes))))
+        else:
+            names.extend(f"node:{v}" for v in sorted(self.curious_nodes))
+        if self.eavesdropped_links:
+            names.append("eavesdropper")
+        return names
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the parties saw in one round: one row per message observed.
+
+    ``sender`` is what the party was told (a pseudonym where the protocol hides the
+    sender); ``true_sender`` is ground truth, for scoring attacks, never an input to them.
+    """
+
+    round: int
+    party: torch.Tensor
+    receiver: torch.Tensor
+    sender: torch.Tensor
+    true_sender: torch.Tensor
+    payload: torch.Tensor
+    indices: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.party.shape[0])
+
+
+@dataclass
+class ObservationLog:
+    """Everything the threat model's parties received, round by round."""
+
+    threat_model: ThreatModel
+    num_nodes: int
+    dim: int
+    observations: list[Observation] = field(default_factory=list)
+
+    @property
+    def parties(self) -> list[str]:
+        return self.threat_model.parties()
+
+    def __len__(self) -> int:
+        return sum(len(o) for o in self.observations)
+
+    def rounds(self) -> list[int]:
+        return [o.round for o in self.observations]
+
+    def nbytes(self) -> int:
+        """Memory held by the recorded payloads and indices."""
+        return sum(
+            o.payload.nbytes + (0 if o.indices is None else o.indices.nbytes)
+            for o in self.observations
+        )
+
+    def for_party(self, party: str) -> list[Observation]:
+        """The observations of one party (by name), round by round."""
+        if party not in self.parties:
+            raise PrivlabError(f"unknown party {party!r}; valid: {', '.join(self.parties)}")
+        pid = self.parties.index(party)
+        out = []
+        for o in self.observations:
+            keep = o.party == pid
+            out.append(
+                Observation(
+                    o.round,
+                    o.party[keep],
+                    o.receiver[keep],
+                    o.sender[keep],
+                    o.true_sender[keep],
+                    o.payload[keep],
+                    None if o.indices is None else o.indices[keep],
+                )
+            )
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the log to ``path`` (a torch file of plain tensors; loads with weights_only)."""
+        tm = self.threat_model
+        torch.save(
+            {
+                "threat_model": {
+                    "curious_nodes": list(tm.curious_nodes),
+                    "colluding": tm.colluding,
+                    "eavesdropped_links": [list(link) for link in tm.eavesdropped_links],
+                    "rounds": None if tm.rounds is None else list(tm.rounds),
+                },
+                "num_nodes": self.num_nodes,
+                "dim": self.dim,
+                "observations": [vars(o) for o in self.observations],
+            },
+            Path(path),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ObservationLog:
+        """Read a log written by ``save``."""
+        raw = torch.load(Path(path), weights_only=True)
+        tm = raw["threat_model"]
+        threat = ThreatModel(
+            curious_nodes=tuple(tm["curious_nodes"]),
+            colluding=tm["colluding"],
+            eavesdropped_links=tuple(tuple(link) for link in tm["eavesdropped_links"]),
+            rounds=None if tm["rounds"] is None else tuple(tm["rounds"]),
+        )
+        return cls(threat, raw["num_nodes"], raw["dim"], [Observation(**o) for o in raw["observations"]])
+
+
+class Observer:
+    """Records what a threat model's parties receive into an ``ObservationLog``."""
+
+    def __init__(self, threat_model: ThreatModel, num_nodes: int, dim: int):
+        threat_model.validate(num_nodes)
+        self.threat_model = threat_model
+        self.log = ObservationLog(threat_model, num_nodes, dim)
+        self._num_nodes = num_nodes
+        self._rounds = None if threat_model.rounds is None else set(threat_model.rounds)
+        self._curious = torch.tensor(sorted(threat_model.curious_nodes), dtype=torch.int64)
+        self._links = torch.tensor(
+            [s * num_nodes + d for s, d in threat_model.eavesdropped_links], dtype=torch.int64
+        )
+        party_of_node = torch.full((num_nodes,), -1, dtype=torch.int64)
+        for i, v in enumerate(sorted(threat_model.curious_nodes)):
+            party_of_node[v] = 0 if threat_model.colluding else i
+        self._party_of_node = party_of_node
+        self._eavesdropper = len(threat_model.parties()) - 1
+
+    def watches(self, round: int) -> bool:
+        return self._rounds is None or round in self._rounds
+
+    def record(self, round: int, messages: Messages) -> None:
+        """Keep the messages the parties see this round (copies, so later rounds cannot alter them).
+
+        A message to a curious node on an eavesdropped link is recorded once per party.
+        """
+        if not self.watches(round):
+            return
+        by_node = torch.isin(messages.dst, self._curious)
+        by_link = torch.isin(messages.src * self._num_nodes + messages.dst, self._links)
+        parts = [(by_node, self._party_of_node[messages.dst[by_node]])]
+        if self.threat_model.eavesdropped_links:
+            parts.append((by_link, torch.full((int(by_link.sum()),), self._eavesdropper)))
+        rows = [(mask, party) for mask, party in parts if bool(mask.any())]
+        if not rows:
+            return
+        self.log.observations.append(_stack_observation(round, messages, rows))
+
+
+def _stack_observation(
+    round: int, messages: Messages, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> Observation:
+    seen = [messages.select(mask) for mask, _ in rows]
+
+    def gather(part) -> torch.Tensor | None:
+        values = [part(m) for m in seen]
+        return None if values[0] is None else torch.cat(values).clone()
+
+    return Observation(
+        round=round,
+        party=torch.cat([party for _, party in rows]),
+        receiver=gather(lambda m: m.dst),
+        sender=gather(lambda m: m.seen_sender),
+        true_sender=gather(lambda m: m.src),
+        payload=gather(lambda m: m.payload),
+        indices=gather(lambda m: m.indices),
+    )
+
+
+def threat_model_from(
+    curious_nodes: Iterable[int] = (),
+    colluding: bool = False,
+    eavesdropped_links: Iterable[Sequence[int]] = (),
+    rounds: Iterable[int] | None = None,
+) -> ThreatModel:
+    """Build a ``ThreatModel`` from plain lists (as they come from a config file)."""
+    return ThreatModel(
+        curious_nodes=tuple(sorted({int(v) for v in curious_nodes})),
+        colluding=bool(colluding),
+        eavesdropped_links=tuple(sorted({(int(s), int(d)) for s, d in eavesdropped_links})),
+        rounds=None if rounds is None else tuple(sorted({int(r) for r in rounds})),
+    )
+
+
+def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """``out[v] = sum over messages e to v of weight[e] * payload[e]``, shape ``[n, D]``.
+
+    Whole-model messages (``indices`` None) only. Row-shared messages are summed as one
+    sparse product ``A @ rows`` with ``A[dst, src] = weight``; others with ``index_add``.
+    """
+    if messages.indices is not None:
+        raise PrivlabError("weighted_inbox_sum needs whole-model messages (no indices)")
+    rows = messages.rows
+    if rows is None:
+        out = torch.zeros(num_nodes, messages.width, dtype=messages.payload.dtype)
+        return out.index_add_(0, messages.dst, weight.unsqueeze(1) * messages.payload)
+    return sparse_matmul(_inbox_matrix(messages.dst, messages.src, weight, num_nodes, rows), rows)
+
+
+def sparse_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a torch CSR ``matrix``: SciPy's CSR kernel on CPU (4x faster
+    than ``torch.sparse.mm`` there for gossip-sized products, measured at n = 1024),
+    torch's on other devices or when gradients must flow."""
+    if dense.device.type != "cpu" or dense.requires_grad:
+        return torch.sparse.mm(matrix, dense)
+    arrays = (matrix.values(), matrix.col_indices(), matrix.crow_indices())
+    scipy_matrix = scipy.sparse.csr_matrix(tuple(a.numpy() for a in arrays), shape=matrix.shape)
+    return torch.from_numpy(scipy_matrix @ dense.numpy())
+
+
+def _inbox_matrix(
+    dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, num_nodes: int, rows: torch.Tensor
+) -> torch.Tensor:
+    """CSR matrix ``A[dst, src] = weight`` (duplicates add up); no sort is needed when the
+    messages come ordered by receiver, as ``CommPlan`` edges do."""
+    if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+        order = torch.argsort(dst, stable=True)
+        dst, src, weight = dst[order], src[order], weight[order]
+    crow = torch.searchsorted(dst, torch.arange(num_nodes + 1, dtype=dst.dtype))
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, src, weight.to(rows.dtype), (num_nodes, rows.shape[0]), check_invariants=False
+        )

@@ -1,0 +1,44 @@
+"""Small explicit name -> factory registries (datasets, models, topologies, protocols)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from privlab.errors import PrivlabError, UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories; an unknown name raises an error listing the valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, *, force: bool = False) -> Callable[[T], T]:
+        """Decorator registering ``name``; re-registering needs ``force=True``."""
+
+        def add(entry: T) -> T:
+            if name in self._entries and not force:
+                raise PrivlabError(f"{self.kind} {name!r} is already registered (use force=True)")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)

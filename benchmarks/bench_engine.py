@@ -40,7 +40,9 @@ def config(nodes: int, engine: str) -> dict:
 
 
 def measure(nodes: int, reps: int, warmup: int) -> dict:
-    engines = {name: build(parse_config(config(nodes, name))).engine for name in ("vectorized", "loop")}
+    engines = {
+        name: build(parse_config(config(nodes, name))).engine for name in ("vectorized", "loop")
+    }
     times: dict[str, list[float]] = {name: [] for name in engines}
     for rep in range(warmup + reps):
         for name, engine in engines.items():

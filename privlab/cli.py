@@ -47,7 +47,9 @@ def _resolve_config_path(spec: str) -> Path:
 def _free_out_dir(out: Path, force: bool) -> Path:
     """Refuse to write over an earlier run unless ``--force``: nothing written is lost."""
     if (out / "summary.json").exists() and not force:
-        raise PrivlabError(f"--out {out} already holds a run; choose another folder or pass --force")
+        raise PrivlabError(
+            f"--out {out} already holds a run; choose another folder or pass --force"
+        )
     return out
 
 
@@ -87,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_p = sub.add_parser("run", help="run one experiment from a YAML config")
     run_p.add_argument("config", help="a YAML file, or a packaged config: default, epidemic")
-    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set topology.degree=6 (repeatable)")
+    run_p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set topology.degree=6 (repeatable)",
+    )
     run_p.add_argument("--out", help="run folder (default: runs/NAME-TIMESTAMP)")
     run_p.add_argument("--force", action="store_true", help="write over an earlier run in --out")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")

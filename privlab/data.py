@@ -45,13 +45,18 @@ class Dataset:
         check(self.X.dtype == torch.float32, "X", "float32", self.X.dtype)
         check(self.X.dim() >= 2, "X", "of shape [N, *input_shape]", tuple(self.X.shape))
         check(self.y.dtype == torch.int64, "y", "int64", self.y.dtype)
-        check(self.y.shape == self.X.shape[:1], "y", f"of shape [{len(self.X)}]",
-              tuple(self.y.shape))
+        check(
+            self.y.shape == self.X.shape[:1], "y", f"of shape [{len(self.X)}]", tuple(self.y.shape)
+        )
         check(self.num_classes >= 1, "num_classes", ">= 1", self.num_classes)
         if len(self.y):
             low, high = int(self.y.min()), int(self.y.max())
-            check(low >= 0 and high < self.num_classes, "y",
-                  f"labels in 0..{self.num_classes - 1}", (low, high))
+            check(
+                low >= 0 and high < self.num_classes,
+                "y",
+                f"labels in 0..{self.num_classes - 1}",
+                (low, high),
+            )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,13 +87,25 @@ class FederatedData:
         object.__setattr__(self, "nonmember_indices", _frozen_indices(self.nonmember_indices))
         object.__setattr__(self, "test_indices", _frozen_indices(self.test_indices))
         check(len(nodes) >= 1, "node_indices", "a non-empty tuple", len(nodes))
-        check(all(len(idx) for idx in nodes), "node_indices", "non-empty for every node",
-              [len(idx) for idx in nodes])
+        check(
+            all(len(idx) for idx in nodes),
+            "node_indices",
+            "non-empty for every node",
+            [len(idx) for idx in nodes],
+        )
         every = np.concatenate([*nodes, self.nonmember_indices, self.test_indices])
-        check(len(np.unique(every)) == len(every), "node_indices",
-              "disjoint from each other and from the non-member and test sets", "overlap")
-        check(every.min() >= 0 and every.max() < len(self.dataset), "node_indices",
-              f"indices in 0..{len(self.dataset) - 1}", (int(every.min()), int(every.max())))
+        check(
+            len(np.unique(every)) == len(every),
+            "node_indices",
+            "disjoint from each other and from the non-member and test sets",
+            "overlap",
+        )
+        check(
+            every.min() >= 0 and every.max() < len(self.dataset),
+            "node_indices",
+            f"indices in 0..{len(self.dataset) - 1}",
+            (int(every.min()), int(every.max())),
+        )
 
     @property
     def num_nodes(self) -> int:
@@ -157,8 +174,12 @@ def load_dataset(
     suffix = Path(name).suffix.lower()
     if isinstance(name, Path) or suffix in _FILE_SUFFIXES:
         check(suffix in _FILE_SUFFIXES, "name", "a dataset name or a .npz/.csv path", str(name))
-        check("path" not in options, "path", "given once (the name is already a path)",
-              options.get("path"))
+        check(
+            "path" not in options,
+            "path",
+            "given once (the name is already a path)",
+            options.get("path"),
+        )
         name, options = _FILE_SUFFIXES[suffix], {**options, "path": name}
     loader = datasets[name]
     params = inspect.signature(loader).parameters
@@ -224,8 +245,9 @@ def _synthetic(
     means = rng.normal(scale=separation, size=(num_classes, dimension))
     y = rng.permutation(np.arange(num_samples) % num_classes)
     X = means[y] + rng.normal(size=(num_samples, dimension))
-    return Dataset("synthetic", torch.tensor(X, dtype=torch.float32), torch.from_numpy(y),
-                   num_classes)
+    return Dataset(
+        "synthetic", torch.tensor(X, dtype=torch.float32), torch.from_numpy(y), num_classes
+    )
 
 
 def _existing_file(path: str | Path | None, root: Path | None) -> Path:
@@ -241,8 +263,10 @@ def _existing_file(path: str | Path | None, root: Path | None) -> Path:
 def _from_arrays(name: str, features: np.ndarray, labels: np.ndarray, path: Path) -> Dataset:
     """Build a dataset from user arrays; labels become their rank among the distinct labels."""
     if features.ndim < 2 or len(features) != len(labels):
-        raise PrivlabError(f"{path}: X must have shape [N, ...] with N = len(y) = {len(labels)}, "
-                           f"got {features.shape}")
+        raise PrivlabError(
+            f"{path}: X must have shape [N, ...] with N = len(y) = {len(labels)}, "
+            f"got {features.shape}"
+        )
     try:
         X = np.asarray(features, dtype=np.float32)
     except (TypeError, ValueError) as error:
@@ -252,8 +276,9 @@ def _from_arrays(name: str, features: np.ndarray, labels: np.ndarray, path: Path
     codes, classes = pd.factorize(pd.Series(labels.reshape(-1)), sort=True)
     if (codes < 0).any():
         raise PrivlabError(f"{path}: labels must not be missing")
-    return Dataset(name, torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64)),
-                   max(len(classes), 1))
+    return Dataset(
+        name, torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64)), max(len(classes), 1)
+    )
 
 
 @datasets.register("npz")
@@ -289,8 +314,9 @@ def _csv(
     features = frame.drop(columns=[label_column])
     text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if text or features.shape[1] == 0:
-        raise PrivlabError(f"{path}: feature columns must be numeric and non-empty; "
-                           f"non-numeric: {text}")
+        raise PrivlabError(
+            f"{path}: feature columns must be numeric and non-empty; non-numeric: {text}"
+        )
     return _from_arrays(path.stem, features.to_numpy(), frame[label_column].to_numpy(), path)
 
 
@@ -304,8 +330,9 @@ def _torchvision_loader(name: str) -> Loader:
                 f"dataset {name!r} needs torchvision: pip install torchvision"
             ) from None
         if root is None:
-            raise PrivlabError(f"dataset {name!r} needs root=<folder holding its files>; "
-                               "privlab never downloads")
+            raise PrivlabError(
+                f"dataset {name!r} needs root=<folder holding its files>; privlab never downloads"
+            )
         try:
             source = getattr(tv_datasets, _TORCHVISION[name])(
                 str(root), train=split == "train", download=False
@@ -365,24 +392,33 @@ def partition(
     Every node gets at least one sample; the same seed gives the same result.
     """
     partitioner = partitions[scheme]
-    for field, value in (("test_fraction", test_fraction),
-                         ("nonmember_fraction", nonmember_fraction)):
+    for field, value in (
+        ("test_fraction", test_fraction),
+        ("nonmember_fraction", nonmember_fraction),
+    ):
         check(isinstance(value, Real) and 0 <= value < 1, field, "in [0, 1)", value)
-    check(test_fraction + nonmember_fraction < 1, "test_fraction + nonmember_fraction", "< 1",
-          test_fraction + nonmember_fraction)
+    check(
+        test_fraction + nonmember_fraction < 1,
+        "test_fraction + nonmember_fraction",
+        "< 1",
+        test_fraction + nonmember_fraction,
+    )
     num_nodes = _integer(num_nodes, "num_nodes", 2)
     rng = np.random.default_rng(seed)
     labels = dataset.y.numpy()
     train, nonmember, test = _stratified_split(labels, test_fraction, nonmember_fraction, rng)
-    check(num_nodes <= len(train), "num_nodes", f"<= the training pool size ({len(train)})",
-          num_nodes)
+    check(
+        num_nodes <= len(train), "num_nodes", f"<= the training pool size ({len(train)})", num_nodes
+    )
     options = PartitionOptions(alpha, shards_per_node)
     parts = partitioner(labels[train], num_nodes, rng, options)
     return FederatedData(dataset, tuple(train[p] for p in parts), nonmember, test)
 
 
 def _stratified_split(
-    labels: np.ndarray, test_fraction: float, nonmember_fraction: float,
+    labels: np.ndarray,
+    test_fraction: float,
+    nonmember_fraction: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, nonmember, test) indices; every prefix of a class-interleaved order is stratified."""
@@ -397,15 +433,17 @@ def _stratified_split(
 
 
 @partitions.register("iid")
-def _iid(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
-         options: PartitionOptions) -> list[np.ndarray]:
+def _iid(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
     """Random permutation cut into near-equal parts."""
     return np.array_split(rng.permutation(len(labels)), num_nodes)
 
 
 @partitions.register("dirichlet")
-def _dirichlet(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
-               options: PartitionOptions) -> list[np.ndarray]:
+def _dirichlet(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
     """Each class is shared among nodes in proportions ~ Dir(alpha 1); empty nodes are refilled
     with one sample taken from the largest node."""
     alpha = options.alpha
@@ -427,16 +465,21 @@ def _dirichlet(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
 
 
 @partitions.register("shards")
-def _shards(labels: np.ndarray, num_nodes: int, rng: np.random.Generator,
-            options: PartitionOptions) -> list[np.ndarray]:
+def _shards(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
     """Label-sorted samples cut into ``num_nodes * shards_per_node`` shards, dealt at random.
 
     A node sees at most ``2 * shards_per_node`` labels when no shard outsizes a class.
     """
     per_node = _integer(options.shards_per_node, "shards_per_node", 1)
     num_shards = num_nodes * per_node
-    check(num_shards <= len(labels), "shards_per_node",
-          f"<= training pool size / num_nodes ({len(labels) // num_nodes})", per_node)
+    check(
+        num_shards <= len(labels),
+        "shards_per_node",
+        f"<= training pool size / num_nodes ({len(labels) // num_nodes})",
+        per_node,
+    )
     shards = np.array_split(np.lexsort((rng.random(len(labels)), labels)), num_shards)
     deal = rng.permutation(num_shards).reshape(num_nodes, per_node)
     return [np.concatenate([shards[s] for s in row]) for row in deal]

@@ -19,7 +19,10 @@ from privlab.results import Results
 VARIANTS: dict[str, dict] = {
     "dpsgd-ring": {"protocol": {"name": "dpsgd"}, "topology": {"name": "ring"}},
     "dpsgd-regular4": {"protocol": {"name": "dpsgd"}, "topology": {"name": "regular", "degree": 4}},
-    "el-oracle4": {"protocol": {"name": "epidemic"}, "topology": {"name": "el-oracle", "fanout": 4}},
+    "el-oracle4": {
+        "protocol": {"name": "epidemic"},
+        "topology": {"name": "el-oracle", "fanout": 4},
+    },
     "el-local4": {"protocol": {"name": "epidemic"}, "topology": {"name": "el-local", "fanout": 4}},
 }
 
@@ -32,7 +35,7 @@ def demo_config(variant: str, rounds: int) -> dict:
 
     raw = yaml.safe_load(packaged_config("default").read_text())
     raw.update(VARIANTS[variant], name=variant)
-    return apply_overrides(raw, [f"rounds={rounds}"])
+    return apply_overrides(raw, [f"rounds={rounds}", "eval_every=2"])
 
 
 def run_demo(out: Path, rounds: int = 30, progress: bool = True) -> pd.DataFrame:

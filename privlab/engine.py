@@ -85,6 +85,8 @@ class Engine(abc.ABC):
             self.node_indices, self.node_sizes, eval_samples
         )
         protocol.setup(self.num_nodes, self.spec.dim, seed)
+        initial_models = self.spec.flatten(model).repeat(self.num_nodes, 1)
+        self.initial_state = protocol.initial_state(initial_models)
 
     # -- the round --------------------------------------------------------------------
 
@@ -93,10 +95,15 @@ class Engine(abc.ABC):
         plan = self.topology.plan(round)
         batch_loss = None
         if self.protocol.trains:
-            losses = [self._local_step(self._batch(round, step)) for step in range(self.training.local_steps)]
+            losses = [
+                self._local_step(self._batch(round, step))
+                for step in range(self.training.local_steps)
+            ]
             batch_loss = torch.stack(losses).mean(dim=0)
         params = self.params
-        messages = self.protocol.send(params, plan, round, torch_generator(self.seed, "protocol", round))
+        messages = self.protocol.send(
+            params, plan, round, torch_generator(self.seed, "protocol", round)
+        )
         if self.observer is not None:
             self.observer.record(round, messages)
         self._receive(params, messages, plan)
@@ -104,7 +111,9 @@ class Engine(abc.ABC):
 
     def _batch(self, round: int, step: int) -> torch.Tensor:
         generator = torch_generator(self.seed, "batch", round, step)
-        return sample_batches(self.node_indices, self.node_sizes, self.training.batch_size, generator)
+        return sample_batches(
+            self.node_indices, self.node_sizes, self.training.batch_size, generator
+        )
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -149,7 +158,7 @@ class VectorizedEngine(Engine):
 
     def __init__(self, *args, test_chunk: int = 512, **kwargs):
         super().__init__(*args, **kwargs)
-        self._params = self.spec.flatten(self.model).repeat(self.num_nodes, 1)
+        self._params = self.initial_state.clone()
         self._gradient = stacked_gradient(self.model, self.spec)
         self._optimizer = StackedSGD(self.training.sgd)
         self._test_chunk = test_chunk
@@ -183,15 +192,27 @@ class VectorizedEngine(Engine):
 
 
 class LoopEngine(Engine):
-    """One ``nn.Module`` and one ``torch.optim.SGD`` per node: the slow reference."""
+    """One ``nn.Module`` and one ``torch.optim.SGD`` per node: the slow reference.
+
+    Under a protocol that does not train, each node holds its state row instead.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.models = [copy.deepcopy(self.model) for _ in range(self.num_nodes)]
-        self.optimizers = [self.training.sgd.torch_optimizer(m.parameters()) for m in self.models]
+        self.models: list[nn.Module] = []
+        self.rows: list[torch.Tensor] = []
+        if self.protocol.trains:
+            self.models = [copy.deepcopy(self.model) for _ in range(self.num_nodes)]
+            self.optimizers = [
+                self.training.sgd.torch_optimizer(m.parameters()) for m in self.models
+            ]
+        else:
+            self.rows = [row.clone() for row in self.initial_state]
 
     @property
     def params(self) -> torch.Tensor:
+        if not self.protocol.trains:
+            return torch.stack(self.rows)
         return torch.stack([self.spec.flatten(m) for m in self.models])
 
     def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
@@ -209,6 +230,8 @@ class LoopEngine(Engine):
             self.protocol.receive_node(node, params[node], messages.inbox(node), plan)
             for node in range(self.num_nodes)
         ]
+        if not self.protocol.trains:
+            self.rows = new_rows
         for model, row in zip(self.models, new_rows):
             self.spec.load(model, row)
 

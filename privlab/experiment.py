@@ -124,7 +124,9 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> Results:
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = _summary(config, experiment, metrics, total_bytes, time.perf_counter() - started)
     summary.update(completed_rounds=completed, interrupted=interrupted)
-    return Results(config.to_dict(), metrics, summary, experiment.observer and experiment.observer.log)
+    return Results(
+        config.to_dict(), metrics, summary, experiment.observer and experiment.observer.log
+    )
 
 
 def _record(rows: list, round: int, metrics: dict[str, torch.Tensor]) -> None:

@@ -34,9 +34,7 @@ def available_models() -> list[str]:
     return models.names()
 
 
-def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, **options
-) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     """Build the registered model ``name`` for samples of ``input_shape`` and ``num_classes``.
 
     Keyword arguments are the model's options; an unknown one is an error listing valid ones.
@@ -60,8 +58,12 @@ def resolve_model(
 ) -> nn.Module:
     """Return ``spec`` itself when it is a module, else :func:`build_model` of that name."""
     if isinstance(spec, nn.Module):
-        check(not options, "model options", "empty when the model is a module instance",
-              sorted(options))
+        check(
+            not options,
+            "model options",
+            "empty when the model is a module instance",
+            sorted(options),
+        )
         return spec
     return build_model(spec, input_shape, num_classes, **options)
 
@@ -119,8 +121,12 @@ def _cnn(
     check(len(input_shape) == 3, "input_shape", "3-D [C, H, W] for model 'cnn'", input_shape)
     widths = _widths(channels, "channels")
     check(len(widths) >= 1, "channels", "a non-empty sequence of integers >= 1", channels)
-    check(_is_int(groups, 1) and all(w % groups == 0 for w in widths), "groups",
-          f"an integer >= 1 dividing every channel count {list(widths)}", groups)
+    check(
+        _is_int(groups, 1) and all(w % groups == 0 for w in widths),
+        "groups",
+        f"an integer >= 1 dividing every channel count {list(widths)}",
+        groups,
+    )
     in_channels, height, width = input_shape
     layers: list[nn.Module] = []
     for out_channels in widths:

@@ -1,4 +1,4 @@
-"""The plug-in contract: protocols exchange ``Messages``; an ``Observer`` records the attack surface.
+"""The plug-in contract: protocols exchange ``Messages``; an ``Observer`` records what is seen.
 
 A round of any decentralized protocol is ``send`` (what goes on each directed edge)
 then ``receive`` (how each node folds its inbox into its state). The contract is
@@ -67,9 +67,13 @@ class Messages:
         if (payload is None) == (rows is None):
             raise PrivlabError("messages need exactly one of payload[E, k] or sender rows[n, D]")
         if dst.shape != (e,) or src.ndim != 1:
-            raise PrivlabError(f"messages need src[E], dst[E]; got {tuple(src.shape)}, {tuple(dst.shape)}")
+            raise PrivlabError(
+                f"messages need src[E], dst[E]; got {tuple(src.shape)}, {tuple(dst.shape)}"
+            )
         if payload is not None and (payload.ndim != 2 or payload.shape[0] != e):
-            raise PrivlabError(f"messages.payload must have shape [E={e}, k], got {tuple(payload.shape)}")
+            raise PrivlabError(
+                f"messages.payload must have shape [E={e}, k], got {tuple(payload.shape)}"
+            )
         if rows is not None and (rows.ndim != 2 or indices is not None):
             raise PrivlabError("messages.rows must be [n, D] and carry no indices")
         if indices is not None and indices.shape != payload.shape:
@@ -167,8 +171,16 @@ class Protocol(abc.ABC):
     trains: ClassVar[bool] = True
     """False for dissemination protocols whose state is not a model (muted gossip)."""
 
-    def setup(self, num_nodes: int, dim: int, seed: int) -> None:
+    def setup(self, num_nodes: int, dim: int, seed: int) -> None:  # noqa: B027 (optional hook)
         """Called once before the first round (key agreement, buffers). Default: nothing."""
+
+    def initial_state(self, params: torch.Tensor) -> torch.Tensor:
+        """Every node's state before round 0, given the initial models ``[n, D]``.
+
+        Training protocols keep the models (the default); a dissemination protocol
+        returns its own state (who knows the rumour), of any width.
+        """
+        return params
 
     @abc.abstractmethod
     def send(
@@ -337,7 +349,9 @@ class ObservationLog:
             eavesdropped_links=tuple(tuple(link) for link in tm["eavesdropped_links"]),
             rounds=None if tm["rounds"] is None else tuple(tm["rounds"]),
         )
-        return cls(threat, raw["num_nodes"], raw["dim"], [Observation(**o) for o in raw["observations"]])
+        return cls(
+            threat, raw["num_nodes"], raw["dim"], [Observation(**o) for o in raw["observations"]]
+        )
 
 
 class Observer:

@@ -73,12 +73,16 @@ class Results:
 
         present = [m for m in metrics if (self.metrics.metric == m).any()]
         if ax is None:
-            _, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.4), squeeze=False)
+            _, axes = plt.subplots(
+                1, len(present), figsize=(4.5 * len(present), 3.4), squeeze=False
+            )
             axes = list(axes[0])
         else:
             axes = [ax] * len(present)
         for axis, metric in zip(axes, present):
             curve = self.curve(metric)
+            if metric == "consensus_distance":  # zero before the first round: off a log axis
+                curve = curve[curve["round"] > 0]
             label = self.config.get("name", "run")
             axis.plot(curve["round"], curve["mean"], label=label)
             axis.fill_between(curve["round"], curve["min"], curve["max"], alpha=0.2)

@@ -72,18 +72,28 @@ class CommPlan:
             ("self_weight", self.self_weight, torch.float32, n),
         ):
             found = f"{tensor.dtype} of shape {tuple(tensor.shape)}"
-            check(tensor.dtype == dtype and tensor.shape == (size,), field,
-                  f"a {dtype} tensor of shape ({size},)", found)
+            check(
+                tensor.dtype == dtype and tensor.shape == (size,),
+                field,
+                f"a {dtype} tensor of shape ({size},)",
+                found,
+            )
         if e == 0:
             return
-        low, high = int(torch.minimum(self.src, self.dst).min()), int(
-            torch.maximum(self.src, self.dst).max())
+        low, high = (
+            int(torch.minimum(self.src, self.dst).min()),
+            int(torch.maximum(self.src, self.dst).max()),
+        )
         check(low >= 0 and high < n, "src/dst", f"node ids in [0, {n})", (low, high))
         self_edges = int((self.src == self.dst).sum())
         check(self_edges == 0, "src/dst", "free of self edges (use self_weight)", self_edges)
         key = self.dst * n + self.src
-        check(bool((key[1:] > key[:-1]).all()), "src/dst",
-              "unique edges sorted by (dst, src) (build with CommPlan.from_edges)", "unsorted")
+        check(
+            bool((key[1:] > key[:-1]).all()),
+            "src/dst",
+            "unique edges sorted by (dst, src) (build with CommPlan.from_edges)",
+            "unsorted",
+        )
 
     @classmethod
     def from_edges(
@@ -130,8 +140,9 @@ class CommPlan:
         values = torch.cat([self.weight, self.self_weight]).to(dtype)[order]
         with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(crow, cols[order], values, size=(n, n),
-                                           check_invariants=False)
+            return torch.sparse_csr_tensor(
+                crow, cols[order], values, size=(n, n), check_invariants=False
+            )
 
     def in_degree(self) -> torch.Tensor:
         """Number of senders to each node, int64 [n]."""
@@ -143,8 +154,9 @@ class CommPlan:
 
     def neighbors_in(self, node: int) -> list[int]:
         """Sorted senders to ``node`` (a slow helper for reference code)."""
-        check(_is_int(node) and 0 <= node < self.num_nodes, "node",
-              f"in [0, {self.num_nodes})", node)
+        check(
+            _is_int(node) and 0 <= node < self.num_nodes, "node", f"in [0, {self.num_nodes})", node
+        )
         return self.src[self.dst == node].tolist()
 
 
@@ -199,7 +211,8 @@ class StaticTopology(Topology):
         if components > 1:
             raise PrivlabError(
                 f"topology is disconnected: the {name} graph on {n} nodes has {components} "
-                "components; gossip needs every node reachable")
+                "components; gossip needs every node reachable"
+            )
         self.name, self.num_nodes, self.weights = name, n, weights
         self._graph = nx.freeze(canonical)
         self._options = dict(options or {})
@@ -214,8 +227,12 @@ class StaticTopology(Topology):
         return self._cached
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "num_nodes": self.num_nodes, "weights": self.weights,
-                **self._options}
+        return {
+            "name": self.name,
+            "num_nodes": self.num_nodes,
+            "weights": self.weights,
+            **self._options,
+        }
 
 
 class _Epidemic(Topology):
@@ -241,8 +258,12 @@ class _Epidemic(Topology):
         """A fresh plan from the round's derived seed."""
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "num_nodes": self.num_nodes, "fanout": self.fanout,
-                "seed": self.seed}
+        return {
+            "name": self.name,
+            "num_nodes": self.num_nodes,
+            "fanout": self.fanout,
+            "seed": self.seed,
+        }
 
 
 class EpidemicOracle(_Epidemic):
@@ -356,12 +377,17 @@ def build_topology(
     _check_num_nodes(num_nodes)
     _check_seed(seed)
     _check_weights(weights)
-    valid = [p for p in inspect.signature(factory).parameters
-             if p not in ("num_nodes", "seed", "weights")]
+    valid = [
+        p
+        for p in inspect.signature(factory).parameters
+        if p not in ("num_nodes", "seed", "weights")
+    ]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise PrivlabError(f"unknown option(s) {', '.join(unknown)} for topology {name!r}; "
-                           f"valid: {', '.join(valid) or 'none'}")
+        raise PrivlabError(
+            f"unknown option(s) {', '.join(unknown)} for topology {name!r}; "
+            f"valid: {', '.join(valid) or 'none'}"
+        )
     return factory(int(num_nodes), seed=int(seed), weights=weights, **options)
 
 
@@ -372,22 +398,26 @@ def _ring(num_nodes: int, *, seed: int, weights: str) -> Topology:
 
 
 @TOPOLOGIES.register("torus")
-def _torus(num_nodes: int, *, seed: int, weights: str,
-           rows: int | None = None, cols: int | None = None) -> Topology:
+def _torus(
+    num_nodes: int, *, seed: int, weights: str, rows: int | None = None, cols: int | None = None
+) -> Topology:
     """The periodic rows x cols grid; by default the most square shape with both >= 3."""
     if rows is None and cols is None:
-        shapes = [(r, num_nodes // r) for r in range(math.isqrt(num_nodes), 2, -1)
-                  if num_nodes % r == 0 and num_nodes // r >= 3]
-        check(bool(shapes), "num_nodes", "rows * cols with rows, cols >= 3 for a torus",
-              num_nodes)
+        shapes = [
+            (r, num_nodes // r)
+            for r in range(math.isqrt(num_nodes), 2, -1)
+            if num_nodes % r == 0 and num_nodes // r >= 3
+        ]
+        check(bool(shapes), "num_nodes", "rows * cols with rows, cols >= 3 for a torus", num_nodes)
         rows, cols = shapes[0]
     else:
         rows = None if rows is None else _int_option(rows, "rows", 3)
         cols = None if cols is None else _int_option(cols, "cols", 3)
         rows = num_nodes // cols if rows is None else rows
         cols = num_nodes // rows if cols is None else cols
-        check(rows * cols == num_nodes, "rows * cols", f"num_nodes = {num_nodes}",
-              f"{rows} * {cols}")
+        check(
+            rows * cols == num_nodes, "rows * cols", f"num_nodes = {num_nodes}", f"{rows} * {cols}"
+        )
         check(min(rows, cols) >= 3, "rows and cols", ">= 3", (rows, cols))
     graph = nx.grid_2d_graph(rows, cols, periodic=True)
     return StaticTopology(graph, weights, "torus", options={"rows": rows, "cols": cols})
@@ -400,39 +430,43 @@ def _complete(num_nodes: int, *, seed: int, weights: str) -> Topology:
 
 
 @TOPOLOGIES.register("regular")
-def _regular(num_nodes: int, *, seed: int, weights: str,
-             degree: int | None = None) -> Topology:
+def _regular(num_nodes: int, *, seed: int, weights: str, degree: int | None = None) -> Topology:
     """A connected random k-regular graph, ``nx.random_regular_graph(k, n, seed)``.
 
     The default k = floor(log2 n) matches the D-PSGD baseline of the Epidemic Learning
     experiments (de Vos et al., 2023).
     """
-    k = _int_option(_log2(num_nodes) if degree is None else degree,
-                    "degree", 1, num_nodes)
+    k = _int_option(_log2(num_nodes) if degree is None else degree, "degree", 1, num_nodes)
     _check_even(num_nodes, k, "degree")
     graph = _connected_sample(
-        "regular", lambda s: nx.random_regular_graph(k, num_nodes, seed=s), seed,
-        "degree >= 3 is connected with high probability")
+        "regular",
+        lambda s: nx.random_regular_graph(k, num_nodes, seed=s),
+        seed,
+        "degree >= 3 is connected with high probability",
+    )
     return StaticTopology(graph, weights, "regular", options={"degree": k, "seed": seed})
 
 
 @TOPOLOGIES.register("erdos_renyi")
-def _erdos_renyi(num_nodes: int, *, seed: int, weights: str,
-                 p: float | None = None) -> Topology:
+def _erdos_renyi(num_nodes: int, *, seed: int, weights: str, p: float | None = None) -> Topology:
     """A connected G(n, p) graph; the default p = min(1, 2 ln(n) / n) is twice the
     connectivity threshold (Erdos & Renyi, 1960)."""
     threshold = math.log(num_nodes) / num_nodes
     p = min(1.0, 2 * threshold) if p is None else p
     check(_is_real(p) and 0 < p <= 1, "p", "in (0, 1]", p)
     graph = _connected_sample(
-        "erdos_renyi", lambda s: nx.fast_gnp_random_graph(num_nodes, p, seed=s), seed,
-        f"increase p (connected with high probability above ln(n)/n = {threshold:.3g})")
+        "erdos_renyi",
+        lambda s: nx.fast_gnp_random_graph(num_nodes, p, seed=s),
+        seed,
+        f"increase p (connected with high probability above ln(n)/n = {threshold:.3g})",
+    )
     return StaticTopology(graph, weights, "erdos_renyi", options={"p": float(p), "seed": seed})
 
 
 @TOPOLOGIES.register("small_world")
-def _small_world(num_nodes: int, *, seed: int, weights: str,
-                 k: int | None = None, p: float | None = None) -> Topology:
+def _small_world(
+    num_nodes: int, *, seed: int, weights: str, k: int | None = None, p: float | None = None
+) -> Topology:
     """A connected Watts-Strogatz graph (Watts & Strogatz, 1998): ring lattice of even
     degree k (default 4), each edge rewired with probability p (default 0.1)."""
     k = _int_option(4 if k is None else k, "k", 2, num_nodes)
@@ -440,22 +474,23 @@ def _small_world(num_nodes: int, *, seed: int, weights: str,
     p = 0.1 if p is None else p
     check(_is_real(p) and 0 <= p <= 1, "p", "in [0, 1]", p)
     graph = _connected_sample(
-        "small_world", lambda s: nx.watts_strogatz_graph(num_nodes, k, p, seed=s), seed,
-        "lower p or raise k")
+        "small_world",
+        lambda s: nx.watts_strogatz_graph(num_nodes, k, p, seed=s),
+        seed,
+        "lower p or raise k",
+    )
     options = {"k": k, "p": float(p), "seed": seed}
     return StaticTopology(graph, weights, "small_world", options=options)
 
 
 @TOPOLOGIES.register("el-oracle")
-def _el_oracle(num_nodes: int, *, seed: int, weights: str,
-               fanout: int | None = None) -> Topology:
+def _el_oracle(num_nodes: int, *, seed: int, weights: str, fanout: int | None = None) -> Topology:
     """EL-Oracle with fanout s (default floor(log2 n)); ``weights`` is ignored."""
     return EpidemicOracle(num_nodes, _log2(num_nodes) if fanout is None else fanout, seed)
 
 
 @TOPOLOGIES.register("el-local")
-def _el_local(num_nodes: int, *, seed: int, weights: str,
-              fanout: int | None = None) -> Topology:
+def _el_local(num_nodes: int, *, seed: int, weights: str, fanout: int | None = None) -> Topology:
     """EL-Local with fanout s (default floor(log2 n)); ``weights`` is ignored."""
     return EpidemicLocal(num_nodes, _log2(num_nodes) if fanout is None else fanout, seed)
 
@@ -467,8 +502,10 @@ def _canonical(graph: nx.Graph) -> nx.Graph:
     try:
         nodes = sorted(graph.nodes)
     except TypeError:
-        raise PrivlabError("graph node labels must be mutually comparable: nodes are "
-                           "relabelled 0..n-1 in sorted order") from None
+        raise PrivlabError(
+            "graph node labels must be mutually comparable: nodes are "
+            "relabelled 0..n-1 in sorted order"
+        ) from None
     index = {node: i for i, node in enumerate(nodes)}
     canonical = nx.Graph()
     canonical.add_nodes_from(range(len(nodes)))
@@ -476,8 +513,7 @@ def _canonical(graph: nx.Graph) -> nx.Graph:
     return canonical
 
 
-def _connected_sample(name: str, make: Callable[[int], nx.Graph], seed: int,
-                      hint: str) -> nx.Graph:
+def _connected_sample(name: str, make: Callable[[int], nx.Graph], seed: int, hint: str) -> nx.Graph:
     """The first connected ``make(s)`` for s = seed, then s = derive_seed(seed, name, attempt)."""
     for attempt in range(_MAX_CONNECT_TRIES):
         graph = make(seed if attempt == 0 else derive_seed(seed, name, attempt))
@@ -486,7 +522,8 @@ def _connected_sample(name: str, make: Callable[[int], nx.Graph], seed: int,
     raise PrivlabError(
         f"topology is disconnected: {name} drew graphs with "
         f"{nx.number_connected_components(graph)} components (the last of "
-        f"{_MAX_CONNECT_TRIES} seeds derived from seed={seed}); {hint}")
+        f"{_MAX_CONNECT_TRIES} seeds derived from seed={seed}); {hint}"
+    )
 
 
 def _distinct_peers(rng: np.random.Generator, n: int, s: int) -> np.ndarray:
@@ -500,9 +537,12 @@ def _distinct_peers(rng: np.random.Generator, n: int, s: int) -> np.ndarray:
             picks[:, k] = np.where(taken, j, t)
     else:  # the s smallest of n - 1 random keys, in row chunks of bounded memory
         chunk = max(1, (1 << 22) // others)
-        picks = np.concatenate([
-            np.argpartition(rng.random((min(chunk, n - i), others)), s - 1, axis=1)[:, :s]
-            for i in range(0, n, chunk)])
+        picks = np.concatenate(
+            [
+                np.argpartition(rng.random((min(chunk, n - i), others)), s - 1, axis=1)[:, :s]
+                for i in range(0, n, chunk)
+            ]
+        )
     return picks + (picks >= np.arange(n)[:, None])  # skip the node itself
 
 
@@ -522,8 +562,12 @@ def _is_real(value: object) -> bool:
 def _int_option(value: object, field: str, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high) (high = num_nodes), else a PrivlabError."""
     valid = f">= {low}" if high is None else f"in [{low}, num_nodes) = [{low}, {high})"
-    check(_is_int(value) and low <= value and (high is None or value < high), field,
-          f"{valid} (an integer)", value)
+    check(
+        _is_int(value) and low <= value and (high is None or value < high),
+        field,
+        f"{valid} (an integer)",
+        value,
+    )
     return int(value)
 
 
@@ -537,8 +581,9 @@ def _check_seed(seed: object) -> None:
 
 def _check_even(num_nodes: int, degree: int, field: str) -> None:
     if num_nodes * degree % 2:
-        raise PrivlabError(f"num_nodes * {field} must be even for a regular graph, "
-                           f"got {num_nodes} * {degree}")
+        raise PrivlabError(
+            f"num_nodes * {field} must be even for a regular graph, got {num_nodes} * {degree}"
+        )
 
 
 def _check_weights(weights: str) -> None:

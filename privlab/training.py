@@ -28,6 +28,7 @@ from privlab.state import ParamSpec
 GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``(params[n, D], x[n, B, ...], y[n, B]) -> (grads[n, D], losses[n])``."""
 
+
 @dataclass(frozen=True)
 class SGDConfig:
     """Hyper-parameters of local SGD; the semantics are those of ``torch.optim.SGD``."""
@@ -78,7 +79,11 @@ class StackedSGD:
                 self.momentum_buffer = d_p.clone()
             else:
                 self.momentum_buffer.mul_(c.momentum).add_(d_p, alpha=1 - c.dampening)
-            d_p = d_p.add(self.momentum_buffer, alpha=c.momentum) if c.nesterov else self.momentum_buffer
+            d_p = (
+                d_p.add(self.momentum_buffer, alpha=c.momentum)
+                if c.nesterov
+                else self.momentum_buffer
+            )
         params.add_(d_p, alpha=-c.lr)
 
 
@@ -239,5 +244,7 @@ def sample_batches(
     keys = torch.rand(n, width, generator=generator)
     keys[torch.arange(width).unsqueeze(0) >= sizes.unsqueeze(1)] = 2.0
     positions = keys.argsort(dim=1, stable=True)[:, :batch_size]
-    positions = torch.where(positions < sizes.unsqueeze(1), positions, positions % sizes.unsqueeze(1))
+    positions = torch.where(
+        positions < sizes.unsqueeze(1), positions, positions % sizes.unsqueeze(1)
+    )
     return padded_indices.gather(1, positions)

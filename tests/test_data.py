@@ -47,7 +47,14 @@ def _same_nodes(a: FederatedData, b: FederatedData) -> bool:
 
 def test_registries_list_names():
     assert available_datasets() == [
-        "breast_cancer", "cifar10", "csv", "digits", "fashion_mnist", "mnist", "npz", "synthetic",
+        "breast_cancer",
+        "cifar10",
+        "csv",
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "npz",
+        "synthetic",
     ]
     assert available_partitions() == ["dirichlet", "iid", "shards"]
 
@@ -108,8 +115,10 @@ def test_synthetic_bad_options_name_the_field(options, field):
 def test_unknown_dataset_and_option():
     with pytest.raises(UnknownNameError, match="unknown dataset 'mnits'; valid: .*digits.*mnist"):
         load_dataset("mnits")
-    with pytest.raises(PrivlabError, match="unknown option 'dim' for dataset 'synthetic'; "
-                                           "valid: dimension, num_classes"):
+    with pytest.raises(
+        PrivlabError,
+        match="unknown option 'dim' for dataset 'synthetic'; valid: dimension, num_classes",
+    ):
         load_dataset("synthetic", dim=3)
     with pytest.raises(PrivlabError, match="unknown option 'path' for dataset 'digits'"):
         load_dataset("digits", path="x.npz")
@@ -162,8 +171,9 @@ def test_npz_errors(tmp_path):
 
 
 def test_csv_label_column_choices(tmp_path):
-    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "label": ["cat", "dog", "cat", "eel"],
-                          "b": [5, 6, 7, 8]})
+    frame = pd.DataFrame(
+        {"a": [1.0, 2.0, 3.0, 4.0], "label": ["cat", "dog", "cat", "eel"], "b": [5, 6, 7, 8]}
+    )
     frame.to_csv(tmp_path / "pets.csv", index=False)
     data = load_dataset(tmp_path / "pets.csv")
     assert data.name == "pets" and data.input_shape == (2,) and data.num_classes == 3
@@ -268,10 +278,12 @@ def test_iid_sizes_are_near_equal(digits):
 
 def test_dirichlet_skew_follows_alpha(digits):
     iid = np.mean([_entropy(partition(digits, 10, "iid", seed=s)) for s in range(3)])
-    skewed = np.mean([_entropy(partition(digits, 10, "dirichlet", alpha=0.1, seed=s))
-                      for s in range(3)])
-    mild = np.mean([_entropy(partition(digits, 10, "dirichlet", alpha=100.0, seed=s))
-                    for s in range(3)])
+    skewed = np.mean(
+        [_entropy(partition(digits, 10, "dirichlet", alpha=0.1, seed=s)) for s in range(3)]
+    )
+    mild = np.mean(
+        [_entropy(partition(digits, 10, "dirichlet", alpha=100.0, seed=s)) for s in range(3)]
+    )
     assert iid > np.log(10) - 0.05
     assert skewed < 0.6 * iid
     assert skewed < mild and abs(mild - iid) < 0.05
@@ -280,8 +292,9 @@ def test_dirichlet_skew_follows_alpha(digits):
 def test_dirichlet_repair_fills_every_node():
     data = load_dataset("synthetic", num_samples=60, num_classes=2)
     for seed in range(10):
-        fed = partition(data, 30, "dirichlet", alpha=0.01, seed=seed,
-                        test_fraction=0.0, nonmember_fraction=0.0)
+        fed = partition(
+            data, 30, "dirichlet", alpha=0.01, seed=seed, test_fraction=0.0, nonmember_fraction=0.0
+        )
         assert fed.node_sizes().min() >= 1 and fed.node_sizes().sum() == 60
 
 
@@ -305,8 +318,10 @@ def test_shards_limit_labels_per_node(digits, per_node):
         ({"scheme": "shards", "shards_per_node": 300}, "^shards_per_node must be <="),
         ({"test_fraction": 1.0}, r"^test_fraction must be in \[0, 1\)"),
         ({"nonmember_fraction": -0.1}, r"^nonmember_fraction must be in \[0, 1\)"),
-        ({"test_fraction": 0.5, "nonmember_fraction": 0.5},
-         "^test_fraction \\+ nonmember_fraction must be < 1"),
+        (
+            {"test_fraction": 0.5, "nonmember_fraction": 0.5},
+            "^test_fraction \\+ nonmember_fraction must be < 1",
+        ),
     ],
 )
 def test_partition_bad_values_name_the_field(digits, kwargs, message):
@@ -316,8 +331,9 @@ def test_partition_bad_values_name_the_field(digits, kwargs, message):
 
 
 def test_unknown_partition_lists_names(digits):
-    with pytest.raises(UnknownNameError, match="unknown partition 'nonidd'; valid: dirichlet, "
-                                               "iid, shards"):
+    with pytest.raises(
+        UnknownNameError, match="unknown partition 'nonidd'; valid: dirichlet, iid, shards"
+    ):
         partition(digits, 4, "nonidd")
 
 
@@ -338,16 +354,30 @@ def test_federated_data_rejects_overlap(digits):
     with pytest.raises(PrivlabError, match="disjoint"):
         FederatedData(digits, (np.array([0, 1]), np.array([1, 2])), np.array([3]), np.array([4]))
     with pytest.raises(PrivlabError, match="non-empty for every node"):
-        FederatedData(digits, (np.array([0]), np.array([], dtype=np.int64)), np.array([3]),
-                      np.array([4]))
+        FederatedData(
+            digits, (np.array([0]), np.array([], dtype=np.int64)), np.array([3]), np.array([4])
+        )
 
 
 def test_make_federated_loads_and_partitions():
-    fed = make_federated("synthetic", 4, "shards", seed=1, dataset_options={"num_samples": 100},
-                         shards_per_node=1, test_fraction=0.1)
+    fed = make_federated(
+        "synthetic",
+        4,
+        "shards",
+        seed=1,
+        dataset_options={"num_samples": 100},
+        shards_per_node=1,
+        test_fraction=0.1,
+    )
     assert len(fed.dataset) == 100 and len(fed.test_indices) == 10 and fed.num_nodes == 4
-    same = partition(load_dataset("synthetic", seed=1, num_samples=100), 4, "shards", seed=1,
-                     shards_per_node=1, test_fraction=0.1)
+    same = partition(
+        load_dataset("synthetic", seed=1, num_samples=100),
+        4,
+        "shards",
+        seed=1,
+        shards_per_node=1,
+        test_fraction=0.1,
+    )
     assert _same_nodes(fed, same)
 
 
@@ -360,8 +390,15 @@ def test_make_federated_loads_and_partitions():
 )
 def test_partition_invariants(scheme, num_nodes, seed, test_fraction):
     data = load_dataset("synthetic", num_samples=150, dimension=2, num_classes=3)
-    fed = partition(data, num_nodes, scheme, seed=seed, alpha=0.2, shards_per_node=1,
-                    test_fraction=test_fraction)
+    fed = partition(
+        data,
+        num_nodes,
+        scheme,
+        seed=seed,
+        alpha=0.2,
+        shards_per_node=1,
+        test_fraction=test_fraction,
+    )
     nodes = np.concatenate(fed.node_indices)
     assert fed.node_sizes().min() >= 1 and len(np.unique(nodes)) == len(nodes)
     assert len(nodes) + len(fed.nonmember_indices) + len(fed.test_indices) == 150

@@ -32,10 +32,19 @@ def test_logreg_is_flatten_linear():
 def test_mlp_layer_structure():
     model = build_model("mlp", (30,), 2)
     assert type(model) is nn.Sequential
-    assert [type(m) for m in model] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU,
-                                        nn.Linear]
+    assert [type(m) for m in model] == [
+        nn.Flatten,
+        nn.Linear,
+        nn.ReLU,
+        nn.Linear,
+        nn.ReLU,
+        nn.Linear,
+    ]
     assert [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)] == [
-        (30, 64), (64, 32), (32, 2)]
+        (30, 64),
+        (64, 32),
+        (32, 2),
+    ]
     tanh = build_model("mlp", (4,), 3, hidden=[5], activation="tanh")
     assert [type(m) for m in tanh] == [nn.Flatten, nn.Linear, nn.Tanh, nn.Linear]
     assert count_parameters(tanh) == 4 * 5 + 5 + 5 * 3 + 3
@@ -43,10 +52,15 @@ def test_mlp_layer_structure():
     assert [type(m) for m in gelu] == [nn.Flatten, nn.Linear]
 
 
-@pytest.mark.parametrize(("shape", "features"), [((1, 8, 8), 32 * 2 * 2),
-                                                 ((1, 28, 28), 32 * 7 * 7),
-                                                 ((3, 32, 32), 32 * 8 * 8),
-                                                 ((2, 3, 1), 32 * 3 * 1)])
+@pytest.mark.parametrize(
+    ("shape", "features"),
+    [
+        ((1, 8, 8), 32 * 2 * 2),
+        ((1, 28, 28), 32 * 7 * 7),
+        ((3, 32, 32), 32 * 8 * 8),
+        ((2, 3, 1), 32 * 3 * 1),
+    ],
+)
 def test_cnn_shapes(shape, features):
     model = build_model("cnn", shape, 10)
     assert model(torch.rand(3, *shape)).shape == (3, 10)
@@ -63,8 +77,9 @@ def test_cnn_options_and_norms():
     for name in available_models():
         shape = (1, 8, 8)
         modules = list(build_model(name, shape, 10).modules())
-        assert not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
-                       for m in modules)
+        assert not any(
+            isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in modules
+        )
     assert any(isinstance(m, nn.GroupNorm) for m in build_model("cnn", (1, 8, 8), 10).modules())
 
 

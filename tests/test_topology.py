@@ -45,8 +45,10 @@ def assert_well_formed(plan: CommPlan) -> None:
 
 def consensus_ratio(plan: CommPlan, seed: int) -> float:
     x = torch.randn(plan.num_nodes, 50, generator=torch.Generator().manual_seed(seed))
+
     def distance(v: torch.Tensor) -> float:
         return ((v - v.mean(0)) ** 2).sum(1).mean().item()
+
     return distance(plan.mixing_matrix() @ x) / distance(x)
 
 
@@ -62,8 +64,16 @@ def test_every_topology_is_row_stochastic_and_sorted(name: str, weights: str) ->
 
 
 def test_registry_names() -> None:
-    assert available_topologies() == ["complete", "el-local", "el-oracle", "erdos_renyi",
-                                      "regular", "ring", "small_world", "torus"]
+    assert available_topologies() == [
+        "complete",
+        "el-local",
+        "el-oracle",
+        "erdos_renyi",
+        "regular",
+        "ring",
+        "small_world",
+        "torus",
+    ]
 
 
 def test_ring_degrees_and_weights() -> None:
@@ -106,10 +116,15 @@ def test_complete_and_regular_degrees() -> None:
 def test_metropolis_weights_on_a_star_are_symmetric_doubly_stochastic() -> None:
     plan = metropolis_hastings_weights(nx.star_graph(3))  # centre 0 of degree 3
     w = dense(plan)
-    expected = torch.tensor([[0.25, 0.25, 0.25, 0.25],
-                             [0.25, 0.75, 0.0, 0.0],
-                             [0.25, 0.0, 0.75, 0.0],
-                             [0.25, 0.0, 0.0, 0.75]], dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [0.25, 0.25, 0.25, 0.25],
+            [0.25, 0.75, 0.0, 0.0],
+            [0.25, 0.0, 0.75, 0.0],
+            [0.25, 0.0, 0.0, 0.75],
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(w, expected)
     karate = dense(metropolis_hastings_weights(nx.karate_club_graph()))
     torch.testing.assert_close(karate, karate.T)
@@ -189,7 +204,8 @@ def test_el_oracle_fresh_each_round_and_independent_of_call_order() -> None:
     assert len(keys) == 6
     other_seed = EpidemicOracle(30, 4, seed=10).plan(0)
     assert not torch.equal(other_seed.src, plans[0].src) or not torch.equal(
-        other_seed.dst, plans[0].dst)
+        other_seed.dst, plans[0].dst
+    )
 
 
 def test_el_local_push_structure_and_weights() -> None:
@@ -200,13 +216,12 @@ def test_el_local_push_structure_and_weights() -> None:
         assert plan.out_degree().tolist() == [s] * n
         assert not bool((plan.src == plan.dst).any())
         indeg = plan.in_degree().double()
-        torch.testing.assert_close(plan.self_weight.double(), 1 / (indeg + 1), rtol=1e-6,
-                                   atol=0)
-        torch.testing.assert_close(plan.weight.double(), 1 / (indeg[plan.dst] + 1),
-                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(plan.self_weight.double(), 1 / (indeg + 1), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            plan.weight.double(), 1 / (indeg[plan.dst] + 1), rtol=1e-6, atol=0
+        )
         lonely = indeg == 0
-        assert bool(lonely.any()) and plan.self_weight[lonely].tolist() == [1.0] * int(
-            lonely.sum())
+        assert bool(lonely.any()) and plan.self_weight[lonely].tolist() == [1.0] * int(lonely.sum())
         assert_well_formed(plan)
     assert not torch.equal(topology.plan(0).dst, topology.plan(1).dst)
     assert torch.equal(EpidemicLocal(n, s, seed=2).plan(3).dst, topology.plan(3).dst)
@@ -230,8 +245,7 @@ def test_el_local_peers_are_distinct_and_uniform(n: int, s: int) -> None:
 
 def test_el_oracle_consensus_contraction_matches_reference() -> None:
     # Reference §5.1: one EL-Oracle round at n = 96, s = 7 contracts by about 0.116.
-    ratios = [consensus_ratio(EpidemicOracle(96, 7, seed=seed).plan(0), seed)
-              for seed in range(3)]
+    ratios = [consensus_ratio(EpidemicOracle(96, 7, seed=seed).plan(0), seed) for seed in range(3)]
     assert all(0.08 < r < 0.16 for r in ratios)
     local = [consensus_ratio(EpidemicLocal(96, 7, seed=seed).plan(0), seed) for seed in range(3)]
     assert all(0.10 < r < 0.17 for r in local)  # reference: about 0.132
@@ -295,8 +309,13 @@ def test_comm_plan_from_edges_sorts_and_plan_rejects_unsorted() -> None:
     with pytest.raises(PrivlabError, match="self edges"):
         CommPlan.from_edges(3, [1], [1], [0.5], [1.0, 0.5, 1.0])
     with pytest.raises(PrivlabError, match="weight"):
-        CommPlan(2, torch.tensor([1]), torch.tensor([0]), torch.ones(1, dtype=torch.float64),
-                 torch.ones(2))
+        CommPlan(
+            2,
+            torch.tensor([1]),
+            torch.tensor([0]),
+            torch.ones(1, dtype=torch.float64),
+            torch.ones(2),
+        )
 
 
 @settings(max_examples=40, deadline=None)

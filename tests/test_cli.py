@@ -1,0 +1,180 @@
+"""`privlab run`, `privlab demo` and bad input: one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from privlab.cli import main, packaged_config
+from privlab.config import load_config, parse_config
+from privlab.engine import VectorizedEngine
+from privlab.errors import PrivlabError
+from privlab.experiment import run
+
+
+def small(**overrides) -> dict:
+    raw = {
+        "name": "t",
+        "nodes": 6,
+        "rounds": 3,
+        "eval_every": 1,
+        "topology": {"name": "ring"},
+        "model": {"name": "mlp", "hidden": [8]},
+        "observer": {"curious_nodes": [0]},
+    }
+    raw.update(overrides)
+    return raw
+
+
+def write(tmp_path, raw) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_run_writes_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", write(tmp_path, small()), "--out", str(out), "--quiet"]) == 0
+    assert "results in" in capsys.readouterr().out
+    assert load_config(out / "config.yaml").nodes == 6
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns) == ["round", "node", "metric", "value"]
+    assert {"test_accuracy", "train_loss", "consensus_distance", "bytes_sent"} <= set(
+        metrics.metric
+    )
+    assert sorted(metrics[metrics.metric == "test_accuracy"]["round"].unique()) == [0, 1, 2, 3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 0 and summary["completed_rounds"] == 3
+    assert set(summary["final_accuracy"]) == {"mean", "min", "max"}
+    assert summary["total_bytes"] == int(metrics[metrics.metric == "bytes_sent"].value.sum())
+    assert {"torch", "numpy", "privlab", "python"} <= set(summary["versions"])
+    assert (out / "observations.pt").exists()
+
+
+def test_set_overrides_and_same_seed_same_numbers(tmp_path):
+    args = [
+        "run",
+        write(tmp_path, small()),
+        "--quiet",
+        "--set",
+        "training.lr=0.2",
+        "--set",
+        "topology.name=regular",
+        "--set",
+        "topology.degree=2",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    assert load_config(tmp_path / "a" / "config.yaml").training.lr == 0.2
+
+
+def test_packaged_configs_run():
+    for name in ("default", "epidemic"):
+        size = "topology.degree=2" if name == "default" else "topology.fanout=2"
+        config = load_config(packaged_config(name), ["rounds=1", "nodes=4", size])
+        assert run(config, progress=False).summary["completed_rounds"] == 1
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    config = write(tmp_path, small())
+    assert main(["run", config, "--out", str(out), "--quiet"]) == 0
+    before = (out / "metrics.csv").read_bytes()
+    assert main(["run", config, "--out", str(out), "--quiet", "--set", "seed=1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_interrupt_keeps_the_finished_rounds(tmp_path, monkeypatch):
+    original = VectorizedEngine.run_round
+
+    def interrupted(self, round):
+        if round == 2:
+            raise KeyboardInterrupt
+        return original(self, round)
+
+    monkeypatch.setattr(VectorizedEngine, "run_round", interrupted)
+    out = tmp_path / "run"
+    assert main(["run", write(tmp_path, small(rounds=5)), "--out", str(out), "--quiet"]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["completed_rounds"] == 2
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["round"].max() == 2 and (metrics.metric == "test_accuracy").any()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"nodes": 1}, "nodes: input should be greater than or equal to 2"),
+        ({"training": {"lr": 0}}, "training.lr: input should be greater than 0"),
+        ({"training": {"lrr": 0.1}}, "unknown config key 'training.lrr'"),
+        ({"colour": 1}, "unknown config key 'colour'"),
+        (
+            {"data": {"alpha": 0, "partition": "dirichlet"}},
+            "data.alpha: input should be greater than 0",
+        ),
+        ({"data": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'; valid: breast_cancer, "),
+        ({"model": {"name": "resnet"}}, "unknown model 'resnet'; valid: cnn, logreg, mlp"),
+        ({"topology": {"name": "star"}}, "unknown topology 'star'; valid: complete, "),
+        ({"protocol": {"name": "gossipy"}}, "unknown protocol 'gossipy'; valid: dpsgd, epidemic"),
+        ({"topology": {"name": "regular", "degree": 6}}, "degree"),
+        (
+            {"topology": {"name": "regular", "degree": 3}, "nodes": 5},
+            "num_nodes * degree must be even",
+        ),
+        ({"topology": {"name": "ring", "degree": 3}}, "degree"),
+        ({"protocol": {"name": "epidemic"}}, "protocol 'epidemic' needs topology 'el-oracle'"),
+        ({"observer": {"curious_nodes": [7]}}, "observer.curious_nodes must be in [0, 6)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, overrides, message):
+    code = main(
+        ["run", write(tmp_path, small(**overrides)), "--out", str(tmp_path / "x"), "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("privlab: error: ")
+    assert message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_usage_and_missing_files(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.yaml")]) == 2
+    assert main(["launch"]) == 2
+    assert main(["run", write(tmp_path, small()), "--set", "oops"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and all(e.startswith("privlab: error: ") for e in errors)
+
+
+def test_parse_config_rejects_non_mappings():
+    with pytest.raises(PrivlabError, match="mapping"):
+        parse_config([1, 2])
+
+
+def test_the_command_line_entry_point_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "privlab", "run", write(tmp_path, small(nodes=0))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("privlab: error: nodes")
+
+
+def test_demo_writes_its_table_and_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rounds", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "comparison.csv")
+    assert table.run.tolist() == ["dpsgd-ring", "dpsgd-regular4", "el-oracle4", "el-local4"]
+    assert (table.acc_mean > 0.1).all() and "dpsgd-ring" in printed
+    assert (out / "comparison.png").stat().st_size > 10_000
+    assert (out / "el-local4" / "summary.json").exists()

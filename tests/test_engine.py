@@ -1,0 +1,147 @@
+"""The vectorized engine computes what the per-node loop engine computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from privlab.mechanisms import DPSGD, EpidemicLearning
+from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
+
+from privlab.engine import LocalTraining
+from privlab.training import SGDConfig
+
+TOLERANCE = 1e-5
+
+
+def run_both(engine_factory, protocol, rounds: int, **kwargs):
+    engines = [
+        engine_factory(kind, copy.deepcopy(protocol), **kwargs) for kind in ("vectorized", "loop")
+    ]
+    reports = [[e.run_round(t) for t in range(rounds)] for e in engines]
+    return engines, reports
+
+
+@pytest.mark.parametrize(
+    ("protocol", "topology", "options"),
+    [
+        (DPSGD(), "regular", {"degree": 4}),
+        (DPSGD(), "ring", {}),
+        (EpidemicLearning(), "el-oracle", {"fanout": 3}),
+        (EpidemicLearning(), "el-local", {"fanout": 3}),
+    ],
+    ids=["dpsgd-regular", "dpsgd-ring", "el-oracle", "el-local"],
+)
+def test_vectorized_equals_loop_on_baselines(engine_factory, protocol, topology, options):
+    training = LocalTraining(
+        batch_size=8, local_steps=2, sgd=SGDConfig(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    )
+    (vec, loop), (vec_reports, loop_reports) = run_both(
+        engine_factory,
+        protocol,
+        rounds=8,
+        nodes=12,
+        topology=topology,
+        topology_options=options,
+        training=training,
+    )
+    start = vec.initial_state
+    assert (vec.params - start).abs().max() > 0.01  # training moved the models
+    assert (vec.params - loop.params).abs().max() < TOLERANCE
+    for a, b in zip(vec_reports, loop_reports):
+        assert torch.equal(a.bytes_sent, b.bytes_sent)
+        assert torch.allclose(a.batch_loss, b.batch_loss, atol=1e-5)
+    vec_metrics, loop_metrics = vec.evaluate(), loop.evaluate()
+    assert torch.equal(vec_metrics["test_accuracy"], loop_metrics["test_accuracy"])
+    for name in ("train_loss", "consensus_distance"):
+        assert torch.allclose(vec_metrics[name], loop_metrics[name], rtol=1e-4, atol=1e-6)
+
+
+def test_vmap_path_for_cnn_equals_loop(engine_factory):
+    (vec, loop), _ = run_both(
+        engine_factory,
+        DPSGD(),
+        rounds=3,
+        nodes=6,
+        model="cnn",
+        model_options={"channels": [4, 8], "groups": 2},
+        topology="ring",
+        topology_options={},
+    )
+    assert (vec.params - loop.params).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [PerReceiverNoise(), PseudonymousChunks(), MaskedSum(), Rumor()],
+    ids=["per-receiver", "chunks", "masked", "rumor"],
+)
+def test_contract_shapes_run_on_both_engines(engine_factory, protocol):
+    (vec, loop), (vec_reports, loop_reports) = run_both(engine_factory, protocol, rounds=4)
+    assert (vec.params - loop.params).abs().max() < TOLERANCE
+    assert torch.equal(vec_reports[-1].bytes_sent, loop_reports[-1].bytes_sent)
+
+
+def test_dpsgd_round_is_w_times_trained_models(engine_factory):
+    engine = engine_factory("vectorized", DPSGD())
+    before = engine.params.clone()
+    batch = engine._batch(0, 0)
+    grads, _ = engine._gradient(before, engine.X[batch], engine.y[batch])
+    engine.run_round(0)
+    mixing = engine.topology.plan(0).mixing_matrix("dense")
+    expected = mixing @ (before - 0.1 * grads)
+    assert torch.allclose(engine.params, expected, atol=1e-6)
+
+
+def test_dpsgd_on_doubly_stochastic_weights_preserves_the_mean(engine_factory):
+    engine = engine_factory("vectorized", DPSGD())
+    engine.run_round(0)
+    trained = engine.params.clone()
+    plan = engine.topology.plan(1)
+    mixed = engine.protocol.receive(trained, engine.protocol.send(trained, plan, 1, None), plan)
+    assert torch.allclose(mixed.mean(dim=0), trained.mean(dim=0), atol=1e-6)
+    spread = lambda p: (p - p.mean(dim=0)).pow(2).sum()  # noqa: E731
+    assert spread(mixed) < 0.9 * spread(trained)
+
+
+def test_same_seed_same_numbers_different_seed_different(engine_factory):
+    runs = []
+    for seed in (3, 3, 4):
+        engine = engine_factory(
+            "vectorized",
+            EpidemicLearning(),
+            topology="el-local",
+            topology_options={"fanout": 2},
+            seed=seed,
+        )
+        for t in range(3):
+            engine.run_round(t)
+        runs.append(engine.params)
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])
+
+
+def test_training_reduces_loss_and_reaches_useful_accuracy(engine_factory):
+    training = LocalTraining(batch_size=16, local_steps=4, sgd=SGDConfig(lr=0.1, momentum=0.9))
+    engine = engine_factory(
+        "vectorized", DPSGD(), nodes=8, model_options={"hidden": [32]}, training=training
+    )
+    first = engine.evaluate()
+    for t in range(30):
+        engine.run_round(t)
+    last = engine.evaluate()
+    assert last["train_loss"].mean() < 0.5 * first["train_loss"].mean()
+    assert last["test_accuracy"].mean() > 0.8
+
+
+def test_rumor_reaches_everyone_without_training(engine_factory):
+    engine = engine_factory(
+        "vectorized", Rumor(source=0), nodes=8, topology="ring", topology_options={}
+    )
+    model_before = engine.model.state_dict()
+    for t in range(4):
+        engine.run_round(t)
+    assert engine.params.squeeze(1).tolist() == [1.0] * 8
+    assert set(engine.evaluate()) == {"consensus_distance"}
+    assert all(torch.equal(v, engine.model.state_dict()[k]) for k, v in model_before.items())

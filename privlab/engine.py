@@ -161,6 +161,8 @@ class VectorizedEngine(Engine):
         self._params = self.initial_state.clone()
         self._gradient = stacked_gradient(self.model, self.spec)
         self._optimizer = StackedSGD(self.training.sgd)
+        self._X_rows = self.X.reshape(len(self.X), -1)  # index_select on rows beats X[batch]
+        self._grads = torch.empty_like(self._params)
         self._test_chunk = test_chunk
 
     @property
@@ -168,7 +170,10 @@ class VectorizedEngine(Engine):
         return self._params
 
     def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
-        grads, losses = self._gradient(self._params, self.X[batch], self.y[batch])
+        flat = batch.reshape(-1)
+        x = self._X_rows.index_select(0, flat).view(*batch.shape, *self.X.shape[1:])
+        y = self.y.index_select(0, flat).view(batch.shape)
+        grads, losses = self._gradient(self._params, x, y, out=self._grads)
         self._optimizer.step(self._params, grads)
         return losses
 

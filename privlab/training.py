@@ -14,7 +14,6 @@ Both are checked against per-node autograd (the ``LoopEngine``) in the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +23,6 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from privlab.errors import check
 from privlab.state import ParamSpec
-
-GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""``(params[n, D], x[n, B, ...], y[n, B]) -> (grads[n, D], losses[n])``."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +157,9 @@ class BatchedSequentialGrad:
 
     @torch.no_grad()
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
         n, batch = params.shape[0], x.shape[1]
         h = x.reshape(n, batch, -1)
         saved = []  # the input of each linear layer, the output of each activation
@@ -181,19 +178,22 @@ class BatchedSequentialGrad:
         losses = (total.log() - shifted.gather(-1, target)).squeeze(-1).mean(dim=1)
         delta = exp.div_(total).scatter_add_(-1, target, torch.full_like(target, -1, dtype=h.dtype))
         delta.div_(batch)
-        grads = torch.empty_like(params)
+        pieces: dict[int, torch.Tensor] = {}  # gradient blocks by offset in the flat vector
         for position in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[position], saved[position]
             if not isinstance(layer, _Linear):
                 delta = _BACKWARD[type(layer)](delta, h)
                 continue
-            grads[:, layer.weight] = torch.bmm(delta.transpose(1, 2), h).view(n, -1)
+            pieces[layer.weight.start] = torch.bmm(delta.transpose(1, 2), h).view(n, -1)
             if layer.bias is not None:
-                grads[:, layer.bias] = delta.sum(dim=1)
+                pieces[layer.bias.start] = delta.sum(dim=1)
             if position > 0:
                 weight = params[:, layer.weight].view(n, layer.out_features, layer.in_features)
                 delta = torch.bmm(delta, weight)
-        return grads, losses
+        # one concatenation into a reused buffer: writing blocks into strided columns, or
+        # concatenating into a fresh tensor, is several times slower on CPU
+        out = torch.empty_like(params) if out is None else out
+        return torch.cat([pieces[offset] for offset in sorted(pieces)], dim=1, out=out), losses
 
 
 class VmapGrad:
@@ -219,9 +219,11 @@ class VmapGrad:
         return self._logits_shared(params, x)
 
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._grad(params, x, y)
+        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
+        grads, losses = self._grad(params, x, y)
+        return (grads if out is None else out.copy_(grads)), losses
 
 
 def stacked_gradient(model: nn.Module, spec: ParamSpec) -> BatchedSequentialGrad | VmapGrad:

@@ -157,7 +157,11 @@ class BatchedSequentialGrad:
 
     @torch.no_grad()
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
         n, batch = params.shape[0], x.shape[1]
@@ -219,7 +223,11 @@ class VmapGrad:
         return self._logits_shared(params, x)
 
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
         grads, losses = self._grad(params, x, y)

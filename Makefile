@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py --json benchmarks/results/engine.json
+	$(PY) benchmarks/bench_accounting.py --json benchmarks/results/accounting.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

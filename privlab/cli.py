@@ -13,6 +13,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
+from privlab.accounting.cli import add_budget_parser
 from privlab.errors import PrivlabError
 
 EXIT_USAGE = 2
@@ -108,12 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--quiet", action="store_true", help="no progress bars")
     demo_p.set_defaults(func=_cmd_demo)
 
-    try:
-        from privlab.accounting.cli import add_budget_parser
-    except ImportError:  # the accountant's CLI is optional while it is being built
-        pass
-    else:
-        add_budget_parser(sub)
+    add_budget_parser(sub)
     return parser
 
 

@@ -1,0 +1,182 @@
+"""`privlab budget`: through argparse directly, through main(), and as a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+from privlab.accounting.cli import add_budget_parser
+
+MNIST = ["--sample-rate", str(256 / 60000), "--steps", "14063", "--delta", "1e-5"]
+
+
+def harness(argv):
+    parser = argparse.ArgumentParser(prog="privlab")
+    add_budget_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_harness_dpsgd_rdp_json(capsys):
+    assert harness(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["epsilon"] == pytest.approx(2.5966, abs=2e-4)
+    assert out["accountant"] == "rdp" and 5 < out["order"] < 15
+    assert out["noise_multiplier"] == 1.1 and out["steps"] == 14063
+
+
+def test_harness_dpsgd_pld_text(capsys):
+    assert (
+        harness(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--accountant", "pld"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "epsilon 2.381" in out and "[PLD]" in out
+
+
+def test_harness_target_epsilon_prints_the_noise(capsys):
+    assert harness(["budget", "dpsgd", "--target-epsilon", "3", *MNIST, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["noise_multiplier"] == pytest.approx(1.01401, rel=1e-4)
+    assert out["epsilon"] <= 3.0
+
+
+def test_harness_gaussian_and_rgm(capsys):
+    assert (
+        harness(
+            [
+                "budget",
+                "gaussian",
+                "--noise-multiplier",
+                "1",
+                "--delta",
+                "1e-5",
+                "--accountant",
+                "pld",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["epsilon"] == pytest.approx(4.377178, abs=1e-6) and out["order"] is None
+    assert (
+        harness(
+            [
+                "budget",
+                "rgm",
+                "--noise-multiplier",
+                "4.472",
+                "--relative-sensitivity",
+                "0.01",
+                "--dimension",
+                "22",
+                "--steps",
+                "40",
+                "--delta",
+                "1e-5",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert 7 < out["epsilon"] < 9 and out["order"] < out["max_order"] == pytest.approx(
+        50.25, rel=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--noise-multiplier", "-1", *MNIST], "noise_multiplier must be > 0"),
+        (
+            ["--noise-multiplier", "1", "--sample-rate", "1.5", "--steps", "3", "--delta", "1e-5"],
+            "sample_rate must be in (0, 1]",
+        ),
+        (
+            ["--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "3", "--delta", "1"],
+            "delta must be in (0, 1)",
+        ),
+        (["--target-epsilon", "-2", *MNIST], "target_epsilon must be > 0"),
+    ],
+)
+def test_harness_bad_values_raise_value_error(argv, message):
+    with pytest.raises(ValueError) as info:
+        harness(["budget", "dpsgd", *argv])
+    assert message in str(info.value)
+
+
+def test_main_budget(capsys):
+    main = pytest.importorskip("privlab.cli").main
+    assert main(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epsilon"] == pytest.approx(2.5966, abs=2e-4)
+    assert (
+        main(
+            [
+                "budget",
+                "dpsgd",
+                "--noise-multiplier",
+                "1",
+                "--sample-rate",
+                "0.1",
+                "--steps",
+                "2.5",
+                "--delta",
+                "1e-5",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "steps must be a positive integer" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--noise-multiplier", "0", *MNIST], "noise_multiplier must be > 0"),
+        (
+            ["--noise-multiplier", "1", "--sample-rate", "0", "--steps", "3", "--delta", "1e-5"],
+            "sample_rate must be in (0, 1]",
+        ),
+        (
+            ["--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "0", "--delta", "1e-5"],
+            "steps must be a positive integer",
+        ),
+    ],
+)
+def test_subprocess_bad_input_exits_2_without_traceback(argv, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "privlab", "budget", "dpsgd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stdout == ""
+
+
+def test_subprocess_prints_epsilon():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privlab",
+            "budget",
+            "dpsgd",
+            "--noise-multiplier",
+            "1.1",
+            *MNIST,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["epsilon"] == pytest.approx(2.5966, abs=2e-4)

@@ -24,7 +24,6 @@ from privlab.accounting.events import (
     check_epsilon,
     flatten,
 )
-
 from privlab.errors import PrivlabError
 
 __all__ = ["PrivacyAccountant"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from scipy.optimize import brentq
+
 from privlab.accounting.accountant import PrivacyAccountant
 from privlab.accounting.events import (
     GaussianEvent,
@@ -26,8 +28,6 @@ from privlab.accounting.events import (
 )
 from privlab.accounting.pld_accountant import PLDAccountant
 from privlab.accounting.rdp_accountant import RDPAccountant
-from scipy.optimize import brentq
-
 from privlab.errors import PrivlabError
 
 __all__ = ["ACCOUNTANTS", "make_accountant", "calibrate", "calibrate_noise_multiplier"]
@@ -70,15 +70,16 @@ def calibrate(
             cache[p] = factory().compose(make_event(p)).get_epsilon(delta)
         return cache[p]
 
-    lo = hi = float(initial)
+    lo = hi = min(float(initial), max_param)
     if eps(hi) > target:
+        # Fail fast: epsilon decreases in p, so if max_param misses the target, all do.
+        if eps(max_param) > target:
+            raise PrivlabError(
+                f"target_epsilon {target:g} is not reachable with noise <= {max_param:g} "
+                f"at delta={delta:g} (epsilon there is {eps(max_param):.3g})"
+            )
         while eps(hi) > target:
-            lo, hi = hi, hi * 2.0
-            if hi > max_param:
-                raise PrivlabError(
-                    f"target_epsilon {target} is not reachable with noise <= {max_param:g} "
-                    f"at delta={delta}"
-                )
+            lo, hi = hi, min(hi * 2.0, max_param)
     else:
         while eps(lo) <= target:
             lo, hi = lo / 2.0, lo

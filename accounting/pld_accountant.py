@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from privlab.accounting.accountant import PrivacyAccountant
 from privlab.accounting.events import (
     GaussianEvent,

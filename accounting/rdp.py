@@ -18,6 +18,15 @@ mechanism", arXiv:1908.10530, Sec. 3.3).
   when the RDP is below ~1e-10). When the roundoff estimate shows
   that cancellation makes the sum unreliable, or the series has not converged, the value
   is recomputed by mpmath quadrature of ``A_alpha - 1`` at 40 digits.
+  The series needs about ``alpha + s^2 log(1/q - 1) + 8 s`` terms, which grows with
+  ``s^2``; when that exceeds ``max_series_terms`` (default 2^15) the order gets a
+  rigorous upper bound instead: ``log A_alpha = (alpha - 1) RDP(alpha)`` is convex in
+  alpha (it is the cumulant generating function of the privacy loss, Mironov 2017;
+  Wang, Balle, Kasiviswanathan 2019), so linear interpolation of ``log A`` between the
+  neighbouring integer orders (``log A_1 = 0``) lies above it. It is never below the
+  truth, equals it at integer orders, and is tight where such large s are used (the
+  optimal order is then large; the relative gap is ~``1 / (4 alpha^2)``). Integer
+  orders need only O(alpha) terms, so the cost no longer grows with s.
 
 Also the Laplace mechanism (Mironov 2017, Prop. 6) and the RDP of a whole event.
 """
@@ -28,6 +37,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from scipy.special import gammaln, log_ndtr
+
 from privlab.accounting.events import (
     ComposedEvent,
     GaussianEvent,
@@ -43,19 +54,20 @@ from privlab.accounting.events import (
     check_sample_rate,
     flatten,
 )
-from scipy.special import gammaln, log_ndtr
 
 __all__ = [
     "default_orders",
     "subsampled_gaussian_rdp",
     "laplace_rdp",
     "rdp_of_event",
+    "rdp_order_limit",
     "check_rdp_event",
     "log_a_mpmath",
 ]
 
 _EPS = np.finfo(float).eps
 _MAX_TERMS = 1 << 17
+_MAX_FRAC_TERMS = 1 << 15  # above this, fractional orders use the convexity bound
 
 
 @lru_cache(maxsize=1)
@@ -167,13 +179,36 @@ def _frac_series(
         return log_a, err / total, tail / total
 
 
-def _log_a_frac(sigma: float, q: float, orders: np.ndarray) -> np.ndarray:
-    """log A_alpha at fractional orders (signed series, mpmath fallback)."""
+def _log_a_interp(sigma: float, q: float, orders: np.ndarray) -> np.ndarray:
+    """Upper bound on log A_alpha at fractional orders: the chord between integer orders.
+
+    log A is convex in alpha (a cumulant generating function), so on
+    ``[floor(alpha), floor(alpha) + 1]`` it lies below its chord; ``log A_1 = 0``.
+    """
+    lo = np.floor(orders)
+    ints = np.unique(np.concatenate([lo, lo + 1.0]))
+    ints = ints[ints >= 2.0]
+    table = dict(zip(ints.tolist(), _log_a_int(sigma, q, ints).tolist(), strict=True))
+    table[1.0] = 0.0
+    at_lo = np.array([table[v] for v in lo.tolist()])
+    at_hi = np.array([table[v] for v in (lo + 1.0).tolist()])
+    w = orders - lo
+    return (1.0 - w) * at_lo + w * at_hi
+
+
+def _log_a_frac(
+    sigma: float, q: float, orders: np.ndarray, max_terms: int = _MAX_FRAC_TERMS
+) -> np.ndarray:
+    """log A_alpha at fractional orders (signed series, mpmath fallback; chord bound
+    where the series would need more than ``max_terms`` terms)."""
     z0 = sigma**2 * (math.log1p(-q) - math.log(q)) + 0.5
     n0 = np.ceil(orders + abs(z0) + 8.0 * sigma).astype(np.int64) + 4
     n_terms = np.maximum(n0, 48)
     out = np.full(orders.shape, np.nan)
-    todo = np.arange(orders.size)
+    big = n0 > max_terms
+    if big.any():
+        out[big] = _log_a_interp(sigma, q, orders[big])
+    todo = np.flatnonzero(~big)
     while todo.size:
         log_a, err, tail = _frac_series(sigma, q, orders[todo], n_terms[todo])
         size = np.abs(np.where(np.isfinite(log_a), log_a, 0.0))
@@ -227,7 +262,9 @@ def log_a_mpmath(sigma: float, q: float, alpha: float, dps: int = 40) -> float:
 
 
 @lru_cache(maxsize=256)
-def _sg_rdp_cached(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
+def _sg_rdp_cached(
+    sigma: float, q: float, orders: tuple[float, ...], max_terms: int = _MAX_FRAC_TERMS
+) -> np.ndarray:
     alpha = np.array(orders, dtype=float)
     if q == 1.0:
         return alpha / (2.0 * sigma**2)
@@ -236,24 +273,35 @@ def _sg_rdp_cached(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndar
     if is_int.any():
         log_a[is_int] = _log_a_int(sigma, q, alpha[is_int])
     if (~is_int).any():
-        log_a[~is_int] = _log_a_frac(sigma, q, alpha[~is_int])
+        log_a[~is_int] = _log_a_frac(sigma, q, alpha[~is_int], max_terms)
     out = log_a / (alpha - 1.0)
     out.setflags(write=False)
     return out
 
 
 def subsampled_gaussian_rdp(
-    noise_multiplier: float, sample_rate: float, orders: np.ndarray | list[float]
+    noise_multiplier: float,
+    sample_rate: float,
+    orders: np.ndarray | list[float],
+    max_series_terms: int = _MAX_FRAC_TERMS,
 ) -> np.ndarray:
-    """Per-step RDP of the Poisson-subsampled Gaussian at each order (exact).
+    """Per-step RDP of the Poisson-subsampled Gaussian at each order.
 
     Mironov, Talwar, Zhang 2019 (arXiv:1908.10530), Sec. 3.3; for ``sample_rate == 1``
-    the Gaussian mechanism's ``alpha / (2 sigma^2)`` (Mironov 2017, Prop. 7).
+    the Gaussian mechanism's ``alpha / (2 sigma^2)`` (Mironov 2017, Prop. 7). Exact at
+    integer orders. A fractional order whose series would need more than
+    ``max_series_terms`` terms (about ``alpha + sigma^2 log(1/q - 1) + 8 sigma``, so
+    large sigma) gets a rigorous upper bound instead: ``(alpha - 1) RDP(alpha)`` is
+    convex in alpha (Mironov 2017; Wang, Balle, Kasiviswanathan 2019), so its linear
+    interpolation between the neighbouring integer orders is never below the truth.
     """
     sigma = check_positive(noise_multiplier, "noise_multiplier")
     q = check_sample_rate(sample_rate)
     alpha = _check_orders(np.asarray(orders, dtype=float))
-    return np.array(_sg_rdp_cached(sigma, q, tuple(alpha.tolist())))
+    terms = int(max_series_terms)
+    if terms < 1:
+        raise ValueError(f"max_series_terms must be >= 1, got {max_series_terms!r}")
+    return np.array(_sg_rdp_cached(sigma, q, tuple(alpha.tolist()), terms))
 
 
 def laplace_rdp(scale: float, orders: np.ndarray | list[float]) -> np.ndarray:
@@ -301,6 +349,23 @@ def check_rdp_event(event: PrivacyEvent) -> None:
     """Raise UnsupportedEventError unless every leaf of ``event`` has an RDP curve."""
     for leaf, _ in flatten(event):
         _leaf_rdp(leaf, np.array([2.0]), do_compute=False)
+
+
+def rdp_order_limit(event: PrivacyEvent) -> float:
+    """Supremum of the orders at which ``event`` can have finite RDP (inf if none).
+
+    Only the Relative Gaussian mechanism has one (``1 / (2 Delta - Delta^2)``); the
+    accountant searches below it when it is under (or inside) its grid of orders.
+    """
+    from privlab.accounting.relative_gaussian import max_order
+
+    limit = math.inf
+    for leaf, _ in flatten(event):
+        while isinstance(leaf, PoissonSampledEvent):
+            leaf = leaf.event
+        if isinstance(leaf, RelativeGaussianEvent):
+            limit = min(limit, max_order(leaf.relative_sensitivity))
+    return limit
 
 
 def rdp_of_event(event: PrivacyEvent, orders: np.ndarray | list[float]) -> np.ndarray:

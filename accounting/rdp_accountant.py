@@ -5,7 +5,11 @@ default grid of orders (1.1 to ~1.2e4), the grid is extended when the best order
 at its edge (down towards 1, up to 1e6), and the best order is then refined over the
 reals between its grid neighbours (16-point zooms until the bracket is 1e-6 wide: the
 RDP curve of a subsampled Gaussian can turn sharply, e.g. near order 2 * z0, so integer
-orders alone can miss the optimum by ~0.2%). The conversion to (epsilon, delta) is Balle et al. 2020
+orders alone can miss the optimum by ~0.2%). When the ledger's RDP is finite only below
+an order limit (the Relative Gaussian mechanism: ``1 / (2 Delta - Delta^2)``, which for
+Delta >= ~0.7 lies below the whole default grid), orders inside ``(1, limit)`` are added
+first: geometric in ``alpha - 1`` from 1 and in ``limit - alpha`` towards the limit.
+The conversion to (epsilon, delta) is Balle et al. 2020
 Thm 21 by default; Mironov 2017's classic one is available as ``conversion="classic"``.
 """
 
@@ -14,10 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
 from privlab.accounting.accountant import PrivacyAccountant
 from privlab.accounting.conversion import _check_method, epsilon_curve, log_delta_curve
 from privlab.accounting.events import PrivacyEvent
-from privlab.accounting.rdp import _check_orders, check_rdp_event, default_orders, rdp_of_event
+from privlab.accounting.rdp import (
+    _check_orders,
+    check_rdp_event,
+    default_orders,
+    rdp_of_event,
+    rdp_order_limit,
+)
 
 __all__ = ["RDPAccountant"]
 
@@ -67,6 +78,15 @@ class RDPAccountant(PrivacyAccountant):
         """Minimise ``objective(orders, rdp)`` over the grid, then refine (see module doc)."""
         orders = self.orders
         values = objective(orders, self.rdp(orders))
+        limit = rdp_order_limit(self.ledger) if self.refine else np.inf
+        if np.isfinite(limit):  # finite RDP only in (1, limit): search there too
+            frac = np.concatenate([np.geomspace(1e-4, 0.5, 24), 1.0 - np.geomspace(1e-6, 0.5, 24)])
+            new = 1.0 + (limit - 1.0) * np.unique(frac)
+            new = new[(new > 1.0) & (new < limit) & ~np.isin(new, orders)]
+            orders = np.concatenate([orders, new])
+            values = np.concatenate([values, objective(new, self.rdp(new))])
+            idx = np.argsort(orders)
+            orders, values = orders[idx], values[idx]
         k = int(np.argmin(values))
         if not self.refine or not np.isfinite(values[k]):
             return float(values[k]), float(orders[k])

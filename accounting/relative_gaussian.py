@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from privlab.accounting.events import RelativeGaussianEvent
 
 __all__ = ["max_order", "relative_gaussian_rdp", "gaussian_renyi_divergence"]

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from privlab.accounting.cli import add_budget_parser
-from privlab.errors import PrivlabError
+from privlab.errors import PrivlabError, check
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -45,23 +45,31 @@ def _resolve_config_path(spec: str) -> Path:
     return shipped
 
 
-def _free_out_dir(out: Path, force: bool) -> Path:
-    """Refuse to write over an earlier run unless ``--force``: nothing written is lost."""
-    if (out / "summary.json").exists() and not force:
+def _free_out_dir(out: Path, force: bool, markers: tuple[str, ...] = ("summary.json",)) -> Path:
+    """Check ``out`` before any work: a folder we can write, holding no earlier run unless
+    ``--force``. Nothing already written is lost, and no run is lost to a bad path."""
+    if out.exists() and not out.is_dir():
+        raise PrivlabError(f"--out {out} is a file, not a folder")
+    if not force and any((out / marker).exists() for marker in markers):
         raise PrivlabError(
             f"--out {out} already holds a run; choose another folder or pass --force"
         )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PrivlabError(f"--out {out} cannot be created: {error.strerror}") from None
     return out
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from privlab.config import load_config
-    from privlab.experiment import run
+    from privlab.experiment import build, train
 
     config = load_config(_resolve_config_path(args.config), args.set)
+    experiment = build(config)  # every name and value checked before anything is written
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = _free_out_dir(Path(args.out or f"runs/{config.name}-{stamp}"), args.force)
-    results = run(config, progress=not args.quiet)
+    results = train(experiment, progress=not args.quiet)
     results.save(out)
     summary = results.summary
     accuracy = summary.get("final_accuracy")
@@ -77,11 +85,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from privlab.demo import run_demo
+    from privlab.demo import VARIANTS, run_demo
 
-    out = _free_out_dir(Path(args.out), args.force)
-    run_demo(out, rounds=args.rounds, progress=not args.quiet)
-    return 0
+    check(args.rounds >= 1, "--rounds", ">= 1", args.rounds)
+    markers = ("comparison.csv", *(f"{variant}/summary.json" for variant in VARIANTS))
+    out = _free_out_dir(Path(args.out), args.force, markers)
+    _, interrupted = run_demo(out, rounds=args.rounds, progress=not args.quiet)
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ Any invalid value becomes one ``PrivlabError`` line naming the field and the val
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,12 +98,37 @@ class ExperimentConfig(_Section):
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a plain dict; errors become one ``PrivlabError`` naming the field."""
-    if not isinstance(raw, dict):
-        raise PrivlabError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(_mapping(raw))
     except ValidationError as error:
         raise PrivlabError(_first_error(error)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 number syntax: ``1e-3`` is a float (YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse YAML ``text``; a syntax error becomes a ``PrivlabError`` naming ``what``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise PrivlabError(f"{what} is not valid YAML: {detail}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -110,15 +136,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     path = Path(path)
     if not path.is_file():
         raise PrivlabError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise PrivlabError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-    return parse_config(apply_overrides(raw, overrides or []))
+    raw = load_yaml(path.read_text(), f"config file {str(path)!r}")
+    return parse_config(apply_overrides(_mapping(raw), overrides or []))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys from ``key=value`` strings; values are parsed as YAML scalars."""
+    """Set dotted keys from ``key=value`` strings; values are parsed as YAML."""
     raw = _deep_copy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -127,11 +150,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # an absent or empty (null) section
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise PrivlabError(f"--set {key}: {part!r} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value, f"--set {key}")
+    return raw
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PrivlabError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
     return raw
 
 

@@ -181,14 +181,8 @@ def load_dataset(
             options.get("path"),
         )
         name, options = _FILE_SUFFIXES[suffix], {**options, "path": name}
-    loader = datasets[name]
+    loader = datasets.with_options(name, options, reserved=("root", "seed"))
     params = inspect.signature(loader).parameters
-    valid = sorted(set(params) - {"root", "seed"})
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise PrivlabError(
-            f"unknown option {unknown[0]!r} for dataset {name!r}; valid: {', '.join(valid)}"
-        )
     context = {"root": root, "seed": seed}
     return loader(**{k: v for k, v in context.items() if k in params}, **options)
 

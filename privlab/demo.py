@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from privlab.config import apply_overrides, parse_config
+from privlab.config import apply_overrides, load_yaml, parse_config
 from privlab.experiment import run
 from privlab.results import Results
 
@@ -29,28 +29,30 @@ VARIANTS: dict[str, dict] = {
 
 def demo_config(variant: str, rounds: int) -> dict:
     """The packaged default config, switched to one demo variant."""
-    import yaml
-
     from privlab.cli import packaged_config
 
-    raw = yaml.safe_load(packaged_config("default").read_text())
+    raw = load_yaml(packaged_config("default").read_text(), "the default config")
     raw.update(VARIANTS[variant], name=variant)
     return apply_overrides(raw, [f"rounds={rounds}", "eval_every=2"])
 
 
-def run_demo(out: Path, rounds: int = 30, progress: bool = True) -> pd.DataFrame:
-    """Run the four variants, save them under ``out``, print and return the table."""
+def run_demo(out: Path, rounds: int = 30, progress: bool = True) -> tuple[pd.DataFrame, bool]:
+    """Run the four variants, save them under ``out``, print and return the table, and
+    whether Ctrl-C cut it short (the variants that finished are kept)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, runs = [], []
+    rows, runs, interrupted = [], [], False
     for variant in VARIANTS:
         results = run(parse_config(demo_config(variant, rounds)), progress=progress)
         results.save(out / variant)
         runs.append(results)
         rows.append(_row(variant, results))
+        interrupted = results.summary["interrupted"]
+        if interrupted:
+            break
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -64,7 +66,7 @@ def run_demo(out: Path, rounds: int = 30, progress: bool = True) -> pd.DataFrame
     plt.close(fig)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nrun folders, comparison.csv and comparison.png in {out}/")
-    return table
+    return table, interrupted
 
 
 def _row(variant: str, results: Results) -> dict:

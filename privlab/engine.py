@@ -119,7 +119,8 @@ class Engine(abc.ABC):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Per-node metrics ``[n]``: test_accuracy, train_loss, consensus_distance.
+        """Per-node metrics ``[n]``: test_accuracy (with a test set), train_loss,
+        consensus_distance.
 
         ``train_loss`` is the mean loss on (up to ``eval_samples`` of) the node's own
         training data; ``consensus_distance`` is ``||x_v - mean_u x_u||^2``.
@@ -127,7 +128,8 @@ class Engine(abc.ABC):
         params = self.params
         metrics = {"consensus_distance": (params - params.mean(dim=0)).pow(2).sum(dim=1)}
         if self.protocol.trains:
-            metrics["test_accuracy"] = self._test_accuracy()
+            if len(self.test_indices):
+                metrics["test_accuracy"] = self._test_accuracy()
             metrics["train_loss"] = self._train_loss()
         return metrics
 
@@ -185,7 +187,7 @@ class VectorizedEngine(Engine):
         for chunk in self.test_indices.split(self._test_chunk):
             logits = self._gradient.forward_shared(self._params, self.X[chunk])
             correct += (logits.argmax(dim=-1) == self.y[chunk]).sum(dim=1)
-        return correct / max(len(self.test_indices), 1)
+        return correct / len(self.test_indices)
 
     def _train_loss(self) -> torch.Tensor:
         logits = self._gradient.forward(self._params, self.X[self.eval_indices])

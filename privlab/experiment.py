@@ -7,8 +7,10 @@ An interrupt (Ctrl-C) stops after the round in flight and keeps everything finis
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,36 +47,27 @@ class Experiment:
 def build(config: ExperimentConfig) -> Experiment:
     """Assemble every part of ``config``; invalid names or options raise ``PrivlabError``."""
     c = config
-    data = _with_options(
-        "data",
-        lambda: make_federated(
-            c.data.dataset,
-            c.nodes,
-            c.data.partition,
-            root=c.data.root,
-            seed=c.seed,
-            dataset_options=c.data.options,
-            alpha=c.data.alpha,
-            shards_per_node=c.data.shards_per_node,
-            test_fraction=c.data.test_fraction,
-            nonmember_fraction=c.data.nonmember_fraction,
-        ),
+    data = make_federated(
+        c.data.dataset,
+        c.nodes,
+        c.data.partition,
+        root=c.data.root,
+        seed=c.seed,
+        dataset_options=c.data.options,
+        alpha=c.data.alpha,
+        shards_per_node=c.data.shards_per_node,
+        test_fraction=c.data.test_fraction,
+        nonmember_fraction=c.data.nonmember_fraction,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(c.seed, "model"))
-        model = _with_options(
-            "model",
-            lambda: build_model(
-                c.model.name, data.dataset.input_shape, data.dataset.num_classes, **c.model.options
-            ),
+        model = build_model(
+            c.model.name, data.dataset.input_shape, data.dataset.num_classes, **c.model.options
         )
-    topology = _with_options(
-        "topology",
-        lambda: build_topology(
-            c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
-        ),
+    topology = build_topology(
+        c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
     )
-    protocol = _with_options("protocol", lambda: PROTOCOLS[c.protocol.name](**c.protocol.options))
+    protocol = PROTOCOLS.with_options(c.protocol.name, c.protocol.options)(**c.protocol.options)
     if protocol.name == "epidemic" and not topology.name.startswith("el-"):
         raise PrivlabError(
             f"protocol 'epidemic' needs topology 'el-oracle' or 'el-local', got {topology.name!r}"
@@ -95,38 +88,75 @@ def build(config: ExperimentConfig) -> Experiment:
 
 
 def run(config: ExperimentConfig, *, progress: bool = True) -> Results:
-    """Train for ``config.rounds`` rounds, evaluating every ``eval_every`` and at the end."""
-    experiment = build(config)
-    engine = experiment.engine
+    """Build ``config`` and train it (see ``train``)."""
+    return train(build(config), progress=progress)
+
+
+def train(experiment: Experiment, *, progress: bool = True) -> Results:
+    """Train for ``config.rounds`` rounds, evaluating every ``eval_every`` and at the end.
+
+    Ctrl-C lets the round in flight finish, evaluates it and stops; a second Ctrl-C
+    aborts at once and keeps only the rounds evaluated before it.
+    """
+    config, engine = experiment.config, experiment.engine
     rows: list[tuple[int, int, str, float]] = []
-    total_bytes = torch.zeros(config.nodes, dtype=torch.int64)
     started = time.perf_counter()
-    completed, interrupted = 0, False
+    completed, evaluated, aborted = 0, 0, False
     _record(rows, 0, engine.evaluate())
     bar = tqdm(range(config.rounds), desc=config.name, disable=not progress, leave=False)
-    try:
-        for t in bar:
-            report = engine.run_round(t)
-            completed = t + 1
-            total_bytes += report.bytes_sent
-            _record(rows, completed, {"bytes_sent": report.bytes_sent})
-            if completed % config.eval_every == 0 or completed == config.rounds:
-                metrics = engine.evaluate()
-                _record(rows, completed, metrics)
-                if "test_accuracy" in metrics:
-                    bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    if interrupted and completed % config.eval_every != 0 and completed > 0:
-        _record(rows, completed, engine.evaluate())
+    with _StopAfterRound() as stop:
+        try:
+            for t in bar:
+                report = engine.run_round(t)
+                completed = t + 1
+                _record(rows, completed, {"bytes_sent": report.bytes_sent})
+                last = completed == config.rounds or stop.requested
+                if completed % config.eval_every == 0 or last:
+                    metrics = engine.evaluate()
+                    _record(rows, completed, metrics)
+                    evaluated = completed
+                    if "test_accuracy" in metrics:
+                        bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: the round in flight is half done
+            aborted = True
+        finally:
+            bar.close()
+    if aborted:  # drop what the unfinished round recorded past the last evaluation
+        rows = [row for row in rows if row[0] <= evaluated]
+        completed = evaluated
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    summary = _summary(config, experiment, metrics, total_bytes, time.perf_counter() - started)
-    summary.update(completed_rounds=completed, interrupted=interrupted)
+    summary = _summary(config, experiment, metrics, time.perf_counter() - started)
+    summary.update(completed_rounds=completed, interrupted=aborted or stop.requested)
     return Results(
         config.to_dict(), metrics, summary, experiment.observer and experiment.observer.log
     )
+
+
+class _StopAfterRound:
+    """While active, the first SIGINT asks to stop after the current round; the second one
+    raises ``KeyboardInterrupt``. Outside the main thread (no signal handlers there), every
+    Ctrl-C raises at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopAfterRound:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this round (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _record(rows: list, round: int, metrics: dict[str, torch.Tensor]) -> None:
@@ -138,7 +168,6 @@ def _summary(
     config: ExperimentConfig,
     experiment: Experiment,
     metrics: pd.DataFrame,
-    total_bytes: torch.Tensor,
     wall_time: float,
 ) -> dict[str, Any]:
     accuracy = metrics[metrics.metric == "test_accuracy"]
@@ -151,7 +180,7 @@ def _summary(
         "topology": experiment.topology.describe(),
         "data": experiment.data.summary(),
         "parameters": experiment.engine.spec.dim,
-        "total_bytes": int(total_bytes.sum()),
+        "total_bytes": int(metrics[metrics.metric == "bytes_sent"]["value"].sum()),
         "wall_time_s": round(wall_time, 3),
         "versions": versions(),
     }
@@ -162,14 +191,3 @@ def _summary(
             "max": float(final.max()),
         }
     return summary
-
-
-def _with_options(section: str, factory: Callable[[], Any]) -> Any:
-    """Call ``factory``; an option the component does not take becomes a ``PrivlabError``."""
-    try:
-        return factory()
-    except TypeError as error:
-        if "unexpected keyword argument" not in str(error):
-            raise
-        option = str(error).rsplit("argument", 1)[-1].strip()
-        raise PrivlabError(f"{section}: unknown option {option}") from None

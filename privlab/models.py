@@ -7,14 +7,13 @@ Models are initialised from the global torch RNG; callers seed it (e.g. in ``for
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from numbers import Integral
 
 from torch import nn
 
-from privlab.errors import PrivlabError, check
+from privlab.errors import check
 from privlab.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
@@ -39,13 +38,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **opt
 
     Keyword arguments are the model's options; an unknown one is an error listing valid ones.
     """
-    factory = models[name]
-    valid = sorted(set(inspect.signature(factory).parameters) - {"input_shape", "num_classes"})
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise PrivlabError(
-            f"unknown option {unknown[0]!r} for model {name!r}; valid: {', '.join(valid)}"
-        )
+    factory = models.with_options(name, options, reserved=("input_shape", "num_classes"))
     shape = tuple(input_shape)
     ok = len(shape) >= 1 and all(_is_int(d, 1) for d in shape)
     check(ok, "input_shape", "a non-empty tuple of integers >= 1", input_shape)

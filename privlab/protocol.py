@@ -225,6 +225,18 @@ class ThreatModel:
     rounds: tuple[int, ...] | None = None
 
     def validate(self, num_nodes: int) -> None:
+        check(
+            len(set(self.curious_nodes)) == len(self.curious_nodes),
+            "observer.curious_nodes",
+            "distinct nodes",
+            self.curious_nodes,
+        )
+        check(
+            len(set(self.eavesdropped_links)) == len(self.eavesdropped_links),
+            "observer.eavesdropped_links",
+            "distinct links",
+            self.eavesdropped_links,
+        )
         for node in self.curious_nodes:
             check(0 <= node < num_nodes, "observer.curious_nodes", f"in [0, {num_nodes})", node)
         for s, d in self.eavesdropped_links:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from privlab.errors import PrivlabError, UnknownNameError
@@ -33,6 +34,22 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def with_options(
+        self, name: str, options: Mapping[str, object], reserved: Iterable[str] = ()
+    ) -> T:
+        """The entry ``name``, after checking that it takes every key of ``options`` as a
+        keyword (``reserved`` parameters are supplied by privlab, not by the user)."""
+        entry = self[name]
+        valid = sorted(set(inspect.signature(entry).parameters) - set(reserved))
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise PrivlabError(
+                f"unknown option{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+                f"for {self.kind} {name!r}; "
+                f"valid: {', '.join(valid) or 'none'}"
+            )
+        return entry
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

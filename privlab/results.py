@@ -51,8 +51,11 @@ class Results:
         (out / FILES["config"]).write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.metrics.to_csv(out / FILES["metrics"], index=False)
         (out / FILES["summary"]).write_text(json.dumps(self.summary, indent=2) + "\n")
+        observations = out / FILES["observations"]
         if self.observations is not None:
-            self.observations.save(out / FILES["observations"])
+            self.observations.save(observations)
+        else:  # a run written over with --force must not keep the old run's log
+            observations.unlink(missing_ok=True)
         return out
 
     @classmethod

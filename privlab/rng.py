@@ -15,7 +15,7 @@ import torch
 
 def derive_seed(seed: int, name: str, *keys: int) -> int:
     """A 63-bit seed for stream ``name`` at ``keys`` (e.g. the round), from ``seed``."""
-    entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), *(int(k) for k in keys)]
+    entropy = [int(seed), zlib.crc32(name.encode()), *(int(k) for k in keys)]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 

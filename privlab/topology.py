@@ -11,7 +11,6 @@ alone, so ``plan(t)`` does not depend on which rounds were asked for before.
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -373,21 +372,10 @@ def build_topology(
     Learning topologies fix their own uniform weights and ignore it. An option set to
     None takes its default; an unknown option is an error listing the valid ones.
     """
-    factory = TOPOLOGIES[name]
+    factory = TOPOLOGIES.with_options(name, options, reserved=("num_nodes", "seed", "weights"))
     _check_num_nodes(num_nodes)
     _check_seed(seed)
     _check_weights(weights)
-    valid = [
-        p
-        for p in inspect.signature(factory).parameters
-        if p not in ("num_nodes", "seed", "weights")
-    ]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise PrivlabError(
-            f"unknown option(s) {', '.join(unknown)} for topology {name!r}; "
-            f"valid: {', '.join(valid) or 'none'}"
-        )
     return factory(int(num_nodes), seed=int(seed), weights=weights, **options)
 
 

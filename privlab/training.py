@@ -247,14 +247,15 @@ def sample_batches(
     """Global sample indices ``[n, batch_size]``: a uniform batch from each node's own data.
 
     Within a batch, samples are drawn without replacement; a node with fewer samples than
-    ``batch_size`` repeats them. Batches of different steps are independent draws.
+    ``batch_size`` has all of them, and the rest of its batch is drawn uniformly with
+    replacement. Batches of different steps are independent draws.
     """
     n, m = padded_indices.shape
     width = max(m, batch_size)
+    size = sizes.unsqueeze(1)
     keys = torch.rand(n, width, generator=generator)
-    keys[torch.arange(width).unsqueeze(0) >= sizes.unsqueeze(1)] = 2.0
+    keys[torch.arange(width).unsqueeze(0) >= size] = 2.0
     positions = keys.argsort(dim=1, stable=True)[:, :batch_size]
-    positions = torch.where(
-        positions < sizes.unsqueeze(1), positions, positions % sizes.unsqueeze(1)
-    )
+    filler = (torch.rand(n, batch_size, generator=generator) * size).long()
+    positions = torch.where(positions < size, positions, torch.minimum(filler, size - 1))
     return padded_indices.gather(1, positions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -12,9 +13,9 @@ import yaml
 
 from privlab.cli import main, packaged_config
 from privlab.config import load_config, parse_config
-from privlab.engine import VectorizedEngine
 from privlab.errors import PrivlabError
 from privlab.experiment import run
+from privlab.mechanisms import DPSGD
 
 
 def small(**overrides) -> dict:
@@ -92,21 +93,53 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     assert (out / "metrics.csv").read_bytes() == before
 
 
-def test_interrupt_keeps_the_finished_rounds(tmp_path, monkeypatch):
-    original = VectorizedEngine.run_round
+def interrupt_in_send(monkeypatch, at_round: int, how) -> None:
+    """Make D-PSGD's send (mid-round: after local training) interrupt at ``at_round``."""
+    original = DPSGD.send
 
-    def interrupted(self, round):
-        if round == 2:
-            raise KeyboardInterrupt
-        return original(self, round)
+    def send(self, params, plan, round, rng):
+        if round == at_round:
+            how()
+        return original(self, params, plan, round, rng)
 
-    monkeypatch.setattr(VectorizedEngine, "run_round", interrupted)
-    out = tmp_path / "run"
-    assert main(["run", write(tmp_path, small(rounds=5)), "--out", str(out), "--quiet"]) == 130
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] and summary["completed_rounds"] == 2
+    monkeypatch.setattr(DPSGD, "send", send)
+
+
+def final_metrics(out) -> pd.DataFrame:
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["round"].max() == 2 and (metrics.metric == "test_accuracy").any()
+    last = metrics[(metrics["round"] == metrics["round"].max()) & (metrics.metric != "bytes_sent")]
+    return last.reset_index(drop=True)
+
+
+def test_ctrl_c_finishes_the_round_in_flight_and_keeps_everything(tmp_path, monkeypatch):
+    config = write(tmp_path, small(rounds=6, eval_every=4))
+    assert (
+        main(["run", config, "--out", str(tmp_path / "clean"), "--quiet", "--set", "rounds=3"]) == 0
+    )
+    interrupt_in_send(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGINT))
+    out = tmp_path / "run"
+    assert main(["run", config, "--out", str(out), "--quiet"]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["completed_rounds"] == 3
+    pd.testing.assert_frame_equal(final_metrics(out), final_metrics(tmp_path / "clean"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatch):
+    config = write(tmp_path, small(rounds=6))
+    assert (
+        main(["run", config, "--out", str(tmp_path / "clean"), "--quiet", "--set", "rounds=2"]) == 0
+    )
+
+    def abort():
+        raise KeyboardInterrupt
+
+    interrupt_in_send(monkeypatch, 2, abort)
+    out = tmp_path / "run"
+    assert main(["run", config, "--out", str(out), "--quiet"]) == 130
+    assert json.loads((out / "summary.json").read_text())["completed_rounds"] == 2
+    assert pd.read_csv(out / "metrics.csv")["round"].max() == 2
+    pd.testing.assert_frame_equal(final_metrics(out), final_metrics(tmp_path / "clean"))
 
 
 @pytest.mark.parametrize(
@@ -146,11 +179,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, overrides, message):
 
 
 def test_bad_usage_and_missing_files(tmp_path, capsys):
-    assert main(["run", str(tmp_path / "none.yaml")]) == 2
-    assert main(["launch"]) == 2
-    assert main(["run", write(tmp_path, small()), "--set", "oops"]) == 2
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "file").write_text("keep me")
+    config = write(tmp_path, small())
+    calls = [
+        ["run", str(tmp_path / "none.yaml")],
+        ["launch"],
+        ["run", config, "--set", "oops"],
+        ["run", str(tmp_path / "list.yaml")],
+        ["run", config, "--set", "model.hidden=[64,"],
+        ["run", config, "--out", str(tmp_path / "file")],
+        ["demo", "--rounds", "0"],
+    ]
+    assert [main(call) for call in calls] == [2] * len(calls)
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 3 and all(e.startswith("privlab: error: ") for e in errors)
+    assert len(errors) == len(calls) and all(e.startswith("privlab: error: ") for e in errors)
+    assert "mapping" in errors[3] and "--set model.hidden is not valid YAML" in errors[4]
+    assert "is a file" in errors[5] and (tmp_path / "file").read_text() == "keep me"
+
+
+def test_yaml_reads_exponents_as_numbers_and_fills_empty_sections(tmp_path):
+    raw = small(topology={"name": "erdos_renyi", "p": "PLACEHOLDER"}, observer=None)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("PLACEHOLDER", "5e-1"))
+    config = load_config(path, ["training.lr=1e-1", "observer.curious_nodes=[1]"])
+    assert config.topology.options == {"p": 0.5} and config.training.lr == 0.1
+    assert config.observer.curious_nodes == [1]
+
+
+def test_runs_without_a_test_set_report_no_accuracy(tmp_path):
+    results = run(parse_config(small(data={"test_fraction": 0.0})), progress=False)
+    assert "test_accuracy" not in set(results.metrics.metric)
+    assert "final_accuracy" not in results.summary
+
+
+def test_force_replaces_the_whole_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", write(tmp_path, small()), "--out", str(out), "--quiet"]) == 0
+    assert (out / "observations.pt").exists()
+    no_observer = write(tmp_path, small(observer=None))
+    assert main(["run", no_observer, "--out", str(out), "--quiet", "--force"]) == 0
+    assert not (out / "observations.pt").exists()
 
 
 def test_parse_config_rejects_non_mappings():
@@ -178,3 +247,6 @@ def test_demo_writes_its_table_and_runs(tmp_path, capsys):
     assert (table.acc_mean > 0.1).all() and "dpsgd-ring" in printed
     assert (out / "comparison.png").stat().st_size > 10_000
     assert (out / "el-local4" / "summary.json").exists()
+    before = (out / "comparison.csv").read_bytes()
+    assert main(["demo", "--out", str(out), "--rounds", "2", "--quiet"]) == 2
+    assert (out / "comparison.csv").read_bytes() == before

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from privlab.mechanisms import DPSGD, EpidemicLearning
 from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
 from privlab.engine import LocalTraining
+from privlab.mechanisms import DPSGD, EpidemicLearning
 from privlab.training import SGDConfig
 
 TOLERANCE = 1e-5
@@ -145,3 +145,11 @@ def test_rumor_reaches_everyone_without_training(engine_factory):
     assert engine.params.squeeze(1).tolist() == [1.0] * 8
     assert set(engine.evaluate()) == {"consensus_distance"}
     assert all(torch.equal(v, engine.model.state_dict()[k]) for k, v in model_before.items())
+
+
+def test_seeds_are_not_truncated():
+    from privlab.rng import derive_seed
+
+    assert derive_seed(0, "model") != derive_seed(2**32, "model")
+    assert derive_seed(5, "batch", 1) != derive_seed(5, "batch", 2)
+    assert derive_seed(5, "batch", 1) == derive_seed(5, "batch", 1)

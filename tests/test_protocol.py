@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from privlab.mechanisms import DPSGD
 from scipy import stats
 from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
 from privlab.errors import PrivlabError
+from privlab.mechanisms import DPSGD
 from privlab.protocol import (
     INDEX_BYTES,
     Messages,
@@ -117,6 +117,8 @@ def test_invalid_threat_models_name_the_field():
         Observer(threat_model_from(eavesdropped_links=[[2, 2]]), 8, 3)
     with pytest.raises(PrivlabError, match="observer"):
         Observer(ThreatModel(), 8, 3)
+    with pytest.raises(PrivlabError, match="observer.curious_nodes must be distinct"):
+        Observer(ThreatModel(curious_nodes=(3, 1, 1)), 8, 3)
 
 
 # ---- the four shapes the mechanisms need

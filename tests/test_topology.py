@@ -279,7 +279,7 @@ def test_default_fanout_is_floor_log2() -> None:
         (lambda: build_topology("el-oracle", 10, fanout=10), "fanout"),
         (lambda: build_topology("el-local", 10, fanout=0), "fanout"),
         (lambda: EpidemicOracle(9, 3), "num_nodes * fanout must be even"),
-        (lambda: build_topology("ring", 5, degree=2), "unknown option(s) degree"),
+        (lambda: build_topology("ring", 5, degree=2), "unknown option 'degree'"),
         (lambda: build_topology("ring", 5, weights="max"), "unknown weights 'max'"),
         (lambda: EpidemicOracle(10, 3).plan(-1), "round"),
         (lambda: build_topology("ring", 5).plan(0).neighbors_in(5), "node"),

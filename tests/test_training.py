@@ -132,3 +132,14 @@ def test_sample_batches_draws_from_each_nodes_own_data():
     for _ in range(3000):
         counts += torch.bincount(sample_batches(padded, sizes, 2, generator)[0], minlength=6)
     assert torch.allclose(counts / counts.sum(), torch.full((6,), 1 / 6), atol=0.01)
+
+
+def test_small_nodes_fill_their_batches_uniformly():
+    padded, sizes = torch.tensor([[10, 11, 12]]), torch.tensor([3])
+    generator = torch.Generator().manual_seed(2)
+    counts = torch.zeros(13)
+    for _ in range(3000):
+        batch = sample_batches(padded, sizes, 5, generator)[0]
+        assert set(batch.tolist()) == {10, 11, 12}
+        counts += torch.bincount(batch, minlength=13)
+    assert torch.allclose(counts[10:] / counts.sum(), torch.full((3,), 1 / 3), atol=0.01)

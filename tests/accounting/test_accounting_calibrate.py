@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from privlab.accounting import (
     PLDAccountant,
     PoissonSampledEvent,
@@ -13,7 +14,6 @@ from privlab.accounting import (
     calibrate_noise_multiplier,
 )
 from privlab.accounting.events import GaussianEvent
-
 from privlab.errors import PrivlabError
 
 

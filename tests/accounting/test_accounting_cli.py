@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from privlab.accounting.cli import add_budget_parser
 
 MNIST = ["--sample-rate", str(256 / 60000), "--steps", "14063", "--delta", "1e-5"]

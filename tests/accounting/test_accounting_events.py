@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from privlab.accounting import (
     ComposedEvent,
     GaussianEvent,
@@ -19,7 +20,6 @@ from privlab.accounting import (
     event_from_json,
     event_to_json,
 )
-
 from privlab.errors import PrivlabError
 
 ALL_EVENTS = [

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from accounting_mp_reference import analytic_gaussian_epsilon as mp_gaussian_epsilon
+
 from privlab.accounting import (
     GaussianEvent,
     LaplaceEvent,

@@ -6,6 +6,7 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from privlab.accounting import (
     GaussianEvent,
     PLDAccountant,

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from accounting_mp_reference import improved_epsilon, log_a, rdp
+
 from privlab.accounting import (
     GaussianEvent,
     LaplaceEvent,

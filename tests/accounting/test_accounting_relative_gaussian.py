@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy import integrate, stats
+
 from privlab.accounting import RDPAccountant, RelativeGaussianEvent, relative_gaussian_rdp
 from privlab.accounting.relative_gaussian import gaussian_renyi_divergence, max_order
-from scipy import integrate, stats
 
 
 def renyi_numeric(alpha: float, m1: float, s1: float, m2: float, s2: float) -> float:

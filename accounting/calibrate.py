@@ -26,7 +26,7 @@ from privlab.accounting.events import (
     check_positive,
     check_sample_rate,
 )
-from privlab.accounting.pld_accountant import PLDAccountant
+from privlab.accounting.pld_accountant import PLDAccountant, PLDNoiseTooSmallError
 from privlab.accounting.rdp_accountant import RDPAccountant
 from privlab.errors import PrivlabError
 
@@ -67,7 +67,10 @@ def calibrate(
 
     def eps(p: float) -> float:
         if p not in cache:
-            cache[p] = factory().compose(make_event(p)).get_epsilon(delta)
+            try:
+                cache[p] = factory().compose(make_event(p)).get_epsilon(delta)
+            except PLDNoiseTooSmallError:  # losses too large for the PLD grid: fails
+                cache[p] = math.inf
         return cache[p]
 
     lo = hi = min(float(initial), max_param)

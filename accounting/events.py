@@ -69,6 +69,22 @@ def check_positive(value: Any, name: str) -> float:
     return value
 
 
+NOISE_RANGE = (1e-12, 1e12)
+
+
+def check_noise(value: Any, name: str) -> float:
+    """A noise parameter (std or scale, in units of the sensitivity) in ``NOISE_RANGE``.
+
+    Outside it the accountants' floating-point arithmetic overflows (and epsilon is
+    either ~0 or astronomically large there), so it is refused with ``PrivlabError``.
+    """
+    value = check_positive(value, name)
+    lo, hi = NOISE_RANGE
+    if not lo <= value <= hi:
+        raise PrivlabError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
+    return value
+
+
 def check_sample_rate(value: Any, name: str = "sample_rate") -> float:
     """``value`` as a float, or ``PrivlabError`` unless it lies in (0, 1]."""
     value = _finite_real(value, name)
@@ -128,7 +144,7 @@ class GaussianEvent(PrivacyEvent):
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "noise_multiplier", check_positive(self.noise_multiplier, "noise_multiplier")
+            self, "noise_multiplier", check_noise(self.noise_multiplier, "noise_multiplier")
         )
 
 
@@ -141,7 +157,7 @@ class LaplaceEvent(PrivacyEvent):
     kind: ClassVar[str] = "laplace"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", check_positive(self.scale, "scale"))
+        object.__setattr__(self, "scale", check_noise(self.scale, "scale"))
 
 
 @_register
@@ -209,7 +225,7 @@ class RelativeGaussianEvent(PrivacyEvent):
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "noise_multiplier", check_positive(self.noise_multiplier, "noise_multiplier")
+            self, "noise_multiplier", check_noise(self.noise_multiplier, "noise_multiplier")
         )
         rel = _finite_real(self.relative_sensitivity, "relative_sensitivity")
         if not 0.0 <= rel < 1.0:

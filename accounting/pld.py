@@ -32,12 +32,25 @@ from scipy.special import log_ndtr, ndtr
 
 __all__ = [
     "DiscretePLD",
+    "PLDRangeError",
     "subsampled_gaussian_pld",
     "laplace_pld",
     "compose_plds",
     "analytic_gaussian_delta",
     "analytic_gaussian_epsilon",
 ]
+
+
+class PLDRangeError(ValueError):
+    """The privacy losses do not fit on the PLD grid (coarser ``dv`` may help).
+
+    ``factor``: how much coarser the grid must be at least (inf if no grid can do).
+    """
+
+    def __init__(self, message: str, factor: float = 2.0) -> None:
+        super().__init__(message)
+        self.factor = factor
+
 
 _TAIL_Z = 10.5  # Phi(-10.5) ~ 4e-26: mass beyond is moved pessimistically
 _MAX_WINDOW = 1 << 23
@@ -138,6 +151,30 @@ def _x_of_loss_add(eps: np.ndarray, sigma: float, q: float) -> np.ndarray:
         return sigma**2 * (val - math.log(q)) + 0.5
 
 
+def _log_mixture(x: float, q: float) -> float:
+    """``log(1 + q (e^x - 1))`` without overflow for large x."""
+    if x < 700.0:
+        return math.log1p(q * math.expm1(x))
+    return x + math.log(q) if q == 1.0 else float(np.logaddexp(x + math.log(q), math.log1p(-q)))
+
+
+def _grid_range(lo_eps: float, hi_eps: float, dv: float) -> tuple[int, int]:
+    """Grid indices covering [lo_eps, hi_eps]; ValueError (before allocating anything)
+    when that takes more than the composition window holds: the caller coarsens dv."""
+    if not (math.isfinite(lo_eps) and math.isfinite(hi_eps)):
+        raise PLDRangeError(
+            f"the privacy loss range [{lo_eps:g}, {hi_eps:g}] is not finite", math.inf
+        )
+    points = (hi_eps - lo_eps) / dv
+    if points > _MAX_WINDOW or max(abs(lo_eps), abs(hi_eps)) / dv > 2.0**60:
+        raise PLDRangeError(
+            f"the privacy loss spans [{lo_eps:.3g}, {hi_eps:.3g}]: {points:.3g} grid points "
+            f"of width {dv:g}, more than {_MAX_WINDOW}",
+            max(points / _MAX_WINDOW, max(abs(lo_eps), abs(hi_eps)) / dv / 2.0**60),
+        )
+    return math.floor(lo_eps / dv), math.ceil(hi_eps / dv)
+
+
 @lru_cache(maxsize=64)
 def subsampled_gaussian_pld(sigma: float, q: float, dv: float, direction: str) -> DiscretePLD:
     """Connect-the-dots PLD of the Poisson-subsampled Gaussian (sensitivity 1).
@@ -152,8 +189,8 @@ def subsampled_gaussian_pld(sigma: float, q: float, dv: float, direction: str) -
             lo_eps = (1.0 - _TAIL_Z * s - 0.5) / s**2
         else:
             lo_eps = math.log1p(-q)
-        hi_eps = math.log1p(q * math.expm1((2 * (1 + _TAIL_Z * s) - 1) / (2 * s**2)))
-        k_lo, k_hi = math.floor(lo_eps / dv), math.ceil(hi_eps / dv)
+        hi_eps = _log_mixture((2 * (1 + _TAIL_Z * s) - 1) / (2 * s**2), q)
+        k_lo, k_hi = _grid_range(lo_eps, hi_eps, dv)
         losses = np.arange(k_lo, k_hi + 1) * dv
         x = _x_of_loss_remove(losses, s, q)
         if q < 1.0:
@@ -163,8 +200,8 @@ def subsampled_gaussian_pld(sigma: float, q: float, dv: float, direction: str) -
         d0 = _interval_prob(xa / s, xb / s)
         d1 = _interval_prob((xa - 1) / s, (xb - 1) / s)
         p_cell = (1 - q) * d0 + q * d1
-        with np.errstate(over="ignore"):
-            d_cell = q * (np.exp((xb - 0.5) / s**2) * d0 - d1)
+        with np.errstate(over="ignore", divide="ignore"):  # log space: no inf * 0
+            d_cell = q * (np.exp((xb - 0.5) / s**2 + np.log(d0)) - d1)
         probs = _ctd(losses, p_cell, d_cell, dv)
         below = (1 - q) * ndtr(x[0] / s) + q * ndtr((x[0] - 1) / s) if q == 1.0 else 0.0
         probs[0] += below
@@ -173,8 +210,8 @@ def subsampled_gaussian_pld(sigma: float, q: float, dv: float, direction: str) -
     if direction != "add":
         raise ValueError(f"direction must be 'remove' or 'add', got {direction!r}")
     hi_eps = -math.log1p(-q)
-    lo_eps = -math.log1p(q * math.expm1((2 * _TAIL_Z * s - 1) / (2 * s**2)))
-    k_lo, k_hi = math.floor(lo_eps / dv), math.ceil(hi_eps / dv)
+    lo_eps = -_log_mixture((2 * _TAIL_Z * s - 1) / (2 * s**2), q)
+    k_lo, k_hi = _grid_range(lo_eps, hi_eps, dv)
     losses = np.arange(k_lo, k_hi + 1) * dv
     x = _x_of_loss_add(losses, s, q)
     x[losses >= hi_eps] = -np.inf
@@ -200,7 +237,7 @@ def laplace_pld(scale: float, dv: float) -> DiscretePLD:
     the two ends (P-mass 1/2 at 1/b and e^{-1/b}/2 at -1/b).
     """
     b = scale
-    k_lo, k_hi = math.floor(-1 / (b * dv)), math.ceil(1 / (b * dv))
+    k_lo, k_hi = _grid_range(-1 / b, 1 / b, dv)
     losses = np.arange(k_lo, k_hi + 1) * dv
     la, lb = losses[:-1], losses[1:]
     # continuous part: x in (0, 1), L = (1 - 2x)/b; L in (la, lb] <=> x in [xb, xa)
@@ -226,9 +263,10 @@ def _chernoff_window(
     """Grid indices [lo, hi] holding the composed finite loss up to e^log_tail each side.
 
     Chernoff: P(S >= h) <= exp(sum_k c_k log E[e^{t L_k}] - t h) for any t > 0 (and the
-    mirror bound below). The moment generating functions are exact; t is tried on a
-    small grid around the Gaussian-optimal value. Returns (lo, hi, bound on the finite
-    mass above hi).
+    mirror bound below). The moment generating functions are exact, or on large grids
+    bounded above (blocks of points moved to their largest, resp. smallest, loss); t is
+    tried on a small grid around the Gaussian-optimal value. Returns (lo, hi, bound on
+    the finite mass above hi).
     """
     mean = var = 0.0
     for pld, count in parts:
@@ -245,9 +283,16 @@ def _chernoff_window(
         keep = pld.probs > 0
         p, losses = pld.probs[keep], pld.losses[keep]
         top, bottom = losses[-1], losses[0]
+        p_hi = p_lo = p
+        l_hi = l_lo = losses
+        if p.size > 1 << 15:  # blocks of grid points at their largest (smallest) loss:
+            edges = np.arange(0, p.size, -(-p.size // 4096))  # an upper bound on each MGF
+            p_hi = p_lo = np.add.reduceat(p, edges)
+            l_hi = np.maximum.reduceat(losses, edges)
+            l_lo = np.minimum.reduceat(losses, edges)
         # log E[e^{tL}] = t*top + log sum p e^{t (L - top)}: no overflow
-        up += count * (ts * top + np.log(np.exp(np.outer(ts, losses - top)) @ p))
-        down += count * (-ts * bottom + np.log(np.exp(np.outer(ts, bottom - losses)) @ p))
+        up += count * (ts * top + np.log(np.exp(np.outer(ts, l_hi - top)) @ p_hi))
+        down += count * (-ts * bottom + np.log(np.exp(np.outer(ts, bottom - l_lo)) @ p_lo))
         lo_sum += count * pld.offset
         hi_sum += count * (pld.offset + pld.probs.size - 1)
     dv = parts[0][0].dv
@@ -275,8 +320,9 @@ def compose_plds(parts: list[tuple[DiscretePLD, int]], log_tail: float = -55.0) 
     lo, hi, above = _chernoff_window(parts, log_tail)
     width = hi - lo + 1
     if width > _MAX_WINDOW:
-        raise ValueError(
-            f"the composed PLD needs {width} grid points; increase value_discretization_interval"
+        raise PLDRangeError(
+            f"the composed PLD needs {width} grid points; increase value_discretization_interval",
+            width / _MAX_WINDOW,
         )
     n = scipy.fft.next_fast_len(width, real=True)
     spectrum = None
@@ -302,6 +348,8 @@ def analytic_gaussian_delta(sigma: float, epsilon: float) -> float:
     """
     a, b = 0.5 / sigma - epsilon * sigma, -0.5 / sigma - epsilon * sigma
     la, lb = log_ndtr(a), epsilon + log_ndtr(b)
+    if lb >= la:  # delta <= 0 up to roundoff (tiny sigma: huge, cancelling terms)
+        return 0.0
     return float(max(0.0, math.exp(la) * -math.expm1(lb - la)))
 
 

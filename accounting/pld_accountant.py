@@ -29,14 +29,16 @@ from privlab.accounting.events import (
 )
 from privlab.accounting.pld import (
     DiscretePLD,
+    PLDRangeError,
     analytic_gaussian_delta,
     analytic_gaussian_epsilon,
     compose_plds,
     laplace_pld,
     subsampled_gaussian_pld,
 )
+from privlab.errors import PrivlabError
 
-__all__ = ["PLDAccountant"]
+__all__ = ["PLDAccountant", "PLDNoiseTooSmallError"]
 
 _DIRECTIONS = ("remove", "add")
 
@@ -64,7 +66,8 @@ class PLDAccountant(PrivacyAccountant):
     """Privacy-loss-distribution accountant (tight, pessimistic).
 
     ``value_discretization_interval``: the loss grid step (default 1e-4). It is doubled
-    automatically when a composition would need more than 2^23 grid points; the step
+    automatically (more at once where needed) when a composition would need more than
+    2^23 grid points, up to the first doubling beyond 0.05; the step
     used last is in ``discretization_used``. ``exact_gaussian``: answer ledgers of
     un-subsampled Gaussians exactly (False forces the discretised path).
     """
@@ -128,10 +131,13 @@ class PLDAccountant(PrivacyAccountant):
                     plds = [(self._leaf_pld(e, direction, dv), c) for e, c in parts]
                     result = compose_plds(plds)
                     break
-                except ValueError:
-                    if dv > 0.05:
-                        raise
-                    dv *= 2.0
+                except PLDRangeError as error:
+                    if dv > 0.05 or not math.isfinite(error.factor):
+                        raise _range_error(parts, error) from None
+                    # double dv (more at once where the error says that is not enough),
+                    # up to the first doubling of self.dv beyond 0.05
+                    last = self.dv * 2.0 ** max(0, math.ceil(math.log2(0.05 / self.dv) + 1e-9))
+                    dv = min(dv * 2.0 ** max(1, min(math.ceil(math.log2(error.factor)), 20)), last)
             self.discretization_used = dv
         if len(self._pld_cache) > 8:
             self._pld_cache.clear()
@@ -159,6 +165,28 @@ class PLDAccountant(PrivacyAccountant):
         if sigma is not None:
             return analytic_gaussian_delta(sigma, epsilon)
         return max(self.composed_pld(d).delta(epsilon) for d in _DIRECTIONS)
+
+
+class PLDNoiseTooSmallError(PrivlabError, PLDRangeError):
+    """The ledger's privacy losses are too large for the PLD grid (noise too small)."""
+
+
+def _range_error(parts: list[tuple[PrivacyEvent, int]], error: Exception) -> PrivlabError:
+    """A clear error naming the noise parameter, for losses no PLD grid here can hold."""
+    noises = []
+    for event, _ in parts:
+        inner = event.event if isinstance(event, PoissonSampledEvent) else event
+        if isinstance(inner, GaussianEvent):
+            noises.append(f"noise_multiplier {inner.noise_multiplier:g}")
+        elif isinstance(inner, LaplaceEvent):
+            noises.append(f"Laplace scale {inner.scale:g}")
+    what = ", ".join(sorted(set(noises))) or "the ledger"
+    releases = sum(c for _, c in parts)
+    return PLDNoiseTooSmallError(
+        f"{what} is too small for the PLD accountant: the privacy loss ({error}) does not "
+        f"fit on its grid (losses up to ~4e5 in all); for {releases} release(s) use "
+        f"noise_multiplier >= ~{math.sqrt(releases / 8e5):.2g}, or the RDP accountant"
+    )
 
 
 def _zero_probs() -> np.ndarray:

@@ -12,14 +12,14 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from privlab.errors import PrivlabError, check
+from privlab.errors import PrivlabError, check, is_integer
 from privlab.registry import Registry
 
 Loader = Callable[..., "Dataset"]
@@ -188,8 +188,7 @@ def load_dataset(
 
 
 def _integer(value: object, field: str, minimum: int) -> int:
-    ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
-    check(ok, field, f"an integer >= {minimum}", value)
+    check(is_integer(value) and value >= minimum, field, f"an integer >= {minimum}", value)
     return int(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from numbers import Integral, Real
 
 
 class PrivlabError(ValueError):
@@ -28,3 +29,13 @@ def check(condition: bool, field: str, valid: str, value: object) -> None:
     """Raise ``PrivlabError`` saying ``field`` must be ``valid`` unless ``condition`` holds."""
     if not condition:
         raise PrivlabError(f"{field} must be {valid}, got {value!r}")
+
+
+def is_integer(value: object) -> bool:
+    """An integral number that is not a bool (``True`` would otherwise pass as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool)

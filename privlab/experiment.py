@@ -27,6 +27,7 @@ from privlab.models import build_model
 from privlab.protocol import PROTOCOLS, Observer, Protocol, threat_model_from
 from privlab.results import METRIC_COLUMNS, Results, versions
 from privlab.rng import derive_seed
+from privlab.state import ParamSpec
 from privlab.topology import Topology, build_topology
 from privlab.training import SGDConfig
 
@@ -80,7 +81,7 @@ def build(config: ExperimentConfig) -> Experiment:
     observer = None
     if c.observer is not None:
         threat = threat_model_from(**c.observer.model_dump())
-        observer = Observer(threat, c.nodes, sum(p.numel() for p in model.parameters()))
+        observer = Observer(threat, c.nodes, ParamSpec.of(model).dim)
     engine = ENGINES[c.engine](
         model, data, topology, protocol, training, seed=c.seed, observer=observer
     )

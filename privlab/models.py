@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from numbers import Integral
 
 from torch import nn
 
-from privlab.errors import check
+from privlab.errors import check, is_integer
 from privlab.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
@@ -67,7 +66,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _is_int(value: object, minimum: int) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
+    return is_integer(value) and value >= minimum
 
 
 def _widths(value: object, field: str) -> tuple[int, ...]:

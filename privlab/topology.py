@@ -15,13 +15,12 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import networkx as nx
 import numpy as np
 import torch
 
-from privlab.errors import PrivlabError, UnknownNameError, check
+from privlab.errors import PrivlabError, UnknownNameError, check, is_integer, is_real
 from privlab.registry import Registry
 from privlab.rng import derive_seed
 
@@ -63,7 +62,7 @@ class CommPlan:
 
     def __post_init__(self) -> None:
         n, e = self.num_nodes, self.src.numel()
-        check(_is_int(n) and n >= 1, "num_nodes", ">= 1 (an integer)", n)
+        check(is_integer(n) and n >= 1, "num_nodes", ">= 1 (an integer)", n)
         for field, tensor, dtype, size in (
             ("src", self.src, torch.int64, e),
             ("dst", self.dst, torch.int64, e),
@@ -154,7 +153,10 @@ class CommPlan:
     def neighbors_in(self, node: int) -> list[int]:
         """Sorted senders to ``node`` (a slow helper for reference code)."""
         check(
-            _is_int(node) and 0 <= node < self.num_nodes, "node", f"in [0, {self.num_nodes})", node
+            is_integer(node) and 0 <= node < self.num_nodes,
+            "node",
+            f"in [0, {self.num_nodes})",
+            node,
         )
         return self.src[self.dst == node].tolist()
 
@@ -168,7 +170,7 @@ class Topology(abc.ABC):
 
     def plan(self, round: int) -> CommPlan:
         """The communication plan of round ``round`` (an integer >= 0)."""
-        check(_is_int(round) and round >= 0, "round", ">= 0 (an integer)", round)
+        check(is_integer(round) and round >= 0, "round", ">= 0 (an integer)", round)
         return self._plan(int(round))
 
     @abc.abstractmethod
@@ -441,7 +443,7 @@ def _erdos_renyi(num_nodes: int, *, seed: int, weights: str, p: float | None = N
     connectivity threshold (Erdos & Renyi, 1960)."""
     threshold = math.log(num_nodes) / num_nodes
     p = min(1.0, 2 * threshold) if p is None else p
-    check(_is_real(p) and 0 < p <= 1, "p", "in (0, 1]", p)
+    check(is_real(p) and 0 < p <= 1, "p", "in (0, 1]", p)
     graph = _connected_sample(
         "erdos_renyi",
         lambda s: nx.fast_gnp_random_graph(num_nodes, p, seed=s),
@@ -460,7 +462,7 @@ def _small_world(
     k = _int_option(4 if k is None else k, "k", 2, num_nodes)
     check(k % 2 == 0, "k", "even", k)
     p = 0.1 if p is None else p
-    check(_is_real(p) and 0 <= p <= 1, "p", "in [0, 1]", p)
+    check(is_real(p) and 0 <= p <= 1, "p", "in [0, 1]", p)
     graph = _connected_sample(
         "small_world",
         lambda s: nx.watts_strogatz_graph(num_nodes, k, p, seed=s),
@@ -539,19 +541,11 @@ def _log2(n: int) -> int:
     return max(1, n.bit_length() - 1)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _int_option(value: object, field: str, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high) (high = num_nodes), else a PrivlabError."""
     valid = f">= {low}" if high is None else f"in [{low}, num_nodes) = [{low}, {high})"
     check(
-        _is_int(value) and low <= value and (high is None or value < high),
+        is_integer(value) and low <= value and (high is None or value < high),
         field,
         f"{valid} (an integer)",
         value,
@@ -560,11 +554,11 @@ def _int_option(value: object, field: str, low: int, high: int | None = None) ->
 
 
 def _check_num_nodes(num_nodes: object) -> None:
-    check(_is_int(num_nodes) and num_nodes >= 2, "num_nodes", ">= 2 (an integer)", num_nodes)
+    check(is_integer(num_nodes) and num_nodes >= 2, "num_nodes", ">= 2 (an integer)", num_nodes)
 
 
 def _check_seed(seed: object) -> None:
-    check(_is_int(seed) and seed >= 0, "seed", ">= 0 (an integer)", seed)
+    check(is_integer(seed) and seed >= 0, "seed", ">= 0 (an integer)", seed)
 
 
 def _check_even(num_nodes: int, degree: int, field: str) -> None:

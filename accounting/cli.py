@@ -4,13 +4,13 @@
 prints epsilon (and the optimal Renyi order with the RDP accountant); with
 ``--target-epsilon E`` instead of ``--noise-multiplier`` it prints the smallest noise
 multiplier meeting the target. ``gaussian`` is the same without subsampling and ``rgm``
-accounts the Relative Gaussian mechanism (RDP only). ``--json`` prints one JSON object.
+accounts the Relative Gaussian mechanism (RDP only). ``--json`` prints one strict JSON
+object (an infinite value is the string ``"inf"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +29,7 @@ from privlab.accounting.events import (
 )
 from privlab.accounting.rdp_accountant import RDPAccountant
 from privlab.accounting.relative_gaussian import max_order
+from privlab.jsonio import dumps
 
 __all__ = ["add_budget_parser", "run_budget"]
 
@@ -217,7 +218,7 @@ def run_budget(args: argparse.Namespace) -> int:
     """
     result = _budget(args)
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
     else:
         print(_text(result))
     return 0

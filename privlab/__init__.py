@@ -1,3 +1,8 @@
 """privlab: a laboratory for privacy attacks and defenses in decentralized learning."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("privlab")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

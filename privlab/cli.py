@@ -1,13 +1,18 @@
 """The ``privlab`` command: ``run`` an experiment, the ``demo``, privacy ``budget``s.
 
-Bad input prints one line ``privlab: error: ...`` to stderr and exits with status 2,
-without a traceback; an interrupted run keeps what finished and exits with 130.
+Exit status: 0 done; 2 bad input (one line ``privlab: error: ...`` on stderr, no
+traceback, nothing written); 3 training diverged (the rounds before it are kept);
+130 interrupted by Ctrl-C (the rounds that finished are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import resources
@@ -15,16 +20,32 @@ from pathlib import Path
 
 from privlab.accounting.cli import add_budget_parser
 from privlab.errors import PrivlabError, check
+from privlab.results import FILES, LEGACY_OBSERVATIONS, privlab_version
+from privlab.threads import configure_threads
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
+# argparse takes "-1e-5" for an option unless it looks like a number: every real number
+# (with an exponent, inf or nan) is a value, so a negative one is rejected by its range.
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit status 2."""
+    """argparse that reports usage errors as one line and exit status 2, reads negative
+    numbers as values, and prints help without reStructuredText markup."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise PrivlabError(message)
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
 
 
 def packaged_config(name: str) -> Path | None:
@@ -45,32 +66,57 @@ def _resolve_config_path(spec: str) -> Path:
     return shipped
 
 
-def _free_out_dir(out: Path, force: bool, markers: tuple[str, ...] = ("summary.json",)) -> Path:
-    """Check ``out`` before any work: a folder we can write, holding no earlier run unless
-    ``--force``. Nothing already written is lost, and no run is lost to a bad path."""
+def _out_dir(value: str | None, default: str) -> Path:
+    if value is None:
+        return Path(default)
+    check(bool(value.strip()), "--out", "a folder path", value)
+    return Path(value)
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Before any work: ``out`` is a folder (or can become one) holding no earlier run,
+    unless ``--force``. Nothing is written here, so a bad config loses nothing."""
     if out.exists() and not out.is_dir():
         raise PrivlabError(f"--out {out} is a file, not a folder")
-    if not force and any((out / marker).exists() for marker in markers):
+    if not force and (out / FILES["summary"]).exists():
         raise PrivlabError(
             f"--out {out} already holds a run; choose another folder or pass --force"
         )
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise PrivlabError(f"--out {out} cannot be created: {parent} is not writable")
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Create ``out`` and remove what an earlier run (``--force``) left there."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PrivlabError(f"--out {out} cannot be created: {error.strerror}") from None
-    return out
+    for name in (*FILES.values(), LEGACY_OBSERVATIONS):
+        stale = out / name
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from privlab.config import load_config
-    from privlab.experiment import build, train
+    from privlab.experiment import DivergedWarning, build, divergence_message, train
 
     config = load_config(_resolve_config_path(args.config), args.set)
-    experiment = build(config)  # every name and value checked before anything is written
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = _free_out_dir(Path(args.out or f"runs/{config.name}-{stamp}"), args.force)
-    results = train(experiment, progress=not args.quiet)
+    out = _out_dir(args.out, f"runs/{config.name}-{stamp}")
+    _check_out_dir(out, args.force)
+    experiment = build(config, run_dir=out)  # every name and value checked first
+    _prepare_out_dir(out)
+    with warnings.catch_warnings():  # said below, as the one error line
+        warnings.simplefilter("ignore", DivergedWarning)
+        results = train(experiment, progress=not args.quiet)
     results.save(out)
+    if args.plot:
+        results.save_plot(out / FILES["plot"])
     summary = results.summary
     accuracy = summary.get("final_accuracy")
     line = f"{config.name}: {summary['completed_rounds']}/{config.rounds} rounds"
@@ -78,6 +124,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         line += f", test accuracy mean {accuracy['mean']:.3f} (min {accuracy['min']:.3f})"
     print(f"{line}, {summary['total_bytes'] / 1e6:.2f} MB sent, {summary['wall_time_s']:.1f} s")
     print(f"results in {out}/")
+    if "diverged" in summary:
+        print(f"privlab: error: {divergence_message(summary['diverged'], config)}", file=sys.stderr)
+        return EXIT_DIVERGED
     if summary["interrupted"]:
         print("interrupted: kept the rounds that finished", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -85,38 +134,70 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from privlab.demo import VARIANTS, run_demo
+    from privlab.demo import clear_previous_demo, run_demo
 
     check(args.rounds >= 1, "--rounds", ">= 1", args.rounds)
-    markers = ("comparison.csv", *(f"{variant}/summary.json" for variant in VARIANTS))
-    out = _free_out_dir(Path(args.out), args.force, markers)
+    out = _out_dir(args.out, "runs/demo")
+    if out.exists() and not out.is_dir():
+        raise PrivlabError(f"--out {out} is a file, not a folder")
+    replaced = clear_previous_demo(out)
     _, interrupted = run_demo(out, rounds=args.rounds, progress=not args.quiet)
+    if replaced:
+        print(f"(replaced the previous demo in {out}/)")
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        metavar="N",
+        help="torch threads: an integer >= 1 or 'auto' (default: $PRIVLAB_THREADS, else auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="privlab", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="privlab",
+        description="privlab: privacy attacks and defenses in decentralized learning",
+    )
+    parser.add_argument("--version", action="version", version=f"privlab {privlab_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run_p = sub.add_parser("run", help="run one experiment from a YAML config")
+    run_p = sub.add_parser(
+        "run",
+        help="run one experiment from a YAML config",
+        description="Run one experiment and write its run folder: config.yaml, metrics.csv, "
+        "summary.json, observations/ (with an observer) and, with --plot, curves.png.",
+    )
     run_p.add_argument("config", help="a YAML file, or a packaged config: default, epidemic")
     run_p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set topology.degree=6 (repeatable)",
+        help="override a config value, e.g. --set topology.degree=6 (repeatable); setting "
+        "topology.name, model.name, protocol.name or data.dataset to a new value drops that "
+        "component's options first, e.g. --set topology.name=ring",
     )
     run_p.add_argument("--out", help="run folder (default: runs/NAME-TIMESTAMP)")
     run_p.add_argument("--force", action="store_true", help="write over an earlier run in --out")
+    run_p.add_argument(
+        "--plot", action="store_true", help="also write curves.png (accuracy, consensus)"
+    )
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_option(run_p)
     run_p.set_defaults(func=_cmd_run)
 
-    demo_p = sub.add_parser("demo", help="D-PSGD and Epidemic Learning on digits, 16 nodes")
-    demo_p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    demo_p = sub.add_parser(
+        "demo",
+        help="D-PSGD and Epidemic Learning on digits, 16 nodes",
+        description="Four runs on the embedded digits data; replaces the previous demo's "
+        "output in --out.",
+    )
+    demo_p.add_argument("--out", help="demo folder (default: runs/demo)")
     demo_p.add_argument("--rounds", type=int, default=30, help="rounds per run (default: 30)")
-    demo_p.add_argument("--force", action="store_true", help="write over an earlier demo")
     demo_p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(demo_p)
     demo_p.set_defaults(func=_cmd_demo)
 
     add_budget_parser(sub)
@@ -127,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privlab`` command; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        configure_threads(getattr(args, "threads", None))
         return args.func(args)
     except ValueError as error:  # PrivlabError and invalid privacy parameters
         print(f"privlab: error: {error}", file=sys.stderr)

@@ -1,32 +1,44 @@
 """Typed experiment configuration: YAML in, validated dataclass-like models out.
 
-Every section rejects unknown keys. Component sections (``data``, ``model``,
-``topology``, ``protocol``) take a ``name`` plus that component's own options as
-sibling keys, e.g. ``topology: {name: regular, degree: 4}``; an option the named
-component does not take is reported by ``privlab.experiment`` when it is built.
+Every section rejects unknown keys. Component sections (``model``, ``topology``,
+``protocol``) take a ``name`` plus that component's own options as sibling keys, e.g.
+``topology: {name: regular, degree: 4}``; an option the named component does not take
+is reported by ``privlab.experiment`` when it is built.
 Any invalid value becomes one ``PrivlabError`` line naming the field and the valid range.
+
+Values are strict: numbers must be finite, an integer field takes no ``true`` or ``3.0``,
+a YAML mapping with the same key twice is refused. ``ExperimentConfig()`` is the one
+default experiment, the same as the packaged ``default`` config; a config without a
+``name`` is named after what it runs (``dpsgd-regular4``, ``epidemic-el-oracle4``).
+Rounds are numbered from 1: round ``t`` is the ``t``-th round of training; ``metrics.csv``
+row ``round = 0`` is the evaluation before training.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from privlab.errors import PrivlabError
 
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
+"""A run name is a name, not a path: letters, digits and ``._+-``, at most 100 characters."""
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
 
 class _Component(BaseModel):
     """A named component whose extra keys are its options."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(**{**_STRICT, "extra": "allow"})
     name: str
 
     @property
@@ -59,25 +71,33 @@ class ProtocolConfig(_Component):
 
 
 class TrainingConfig(_Section):
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
-    local_steps: int = Field(1, ge=1)
+    local_steps: int = Field(4, ge=1)
+
+
+Link = Annotated[list[int], Field(min_length=2, max_length=2)]
 
 
 class ObserverConfig(_Section):
     curious_nodes: list[int] = Field(default_factory=list)
     colluding: bool = False
-    eavesdropped_links: list[tuple[int, int]] = Field(default_factory=list)
-    rounds: list[int] | None = None
+    eavesdropped_links: list[Link] = Field(default_factory=list)
+    rounds: list[int] | None = Field(None, min_length=1)
 
 
 class ExperimentConfig(_Section):
-    """One experiment: data, model, topology, protocol, training, and who observes."""
+    """One experiment: data, model, topology, protocol, training, and who observes.
 
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    ``ExperimentConfig()`` is the default experiment (the packaged ``default`` config):
+    digits on 16 nodes, an MLP 64-32, D-PSGD on a random 4-regular graph, 30 rounds of
+    4 local SGD steps (lr 0.1, momentum 0.9, batch 16).
+    """
+
+    name: str = Field("", pattern=NAME_PATTERN + "|^$")
+    seed: int = Field(0, ge=0, lt=2**63)
     nodes: int = Field(16, ge=2)
     rounds: int = Field(30, ge=1)
     eval_every: int = Field(5, ge=1)
@@ -89,11 +109,33 @@ class ExperimentConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     observer: ObserverConfig | None = None
 
+    @model_validator(mode="after")
+    def _observed_rounds_exist(self) -> ExperimentConfig:
+        if self.observer is not None and self.observer.rounds is not None:
+            for r in self.observer.rounds:
+                if not 1 <= r <= self.rounds:
+                    raise ValueError(
+                        f"observer.rounds must be rounds in [1, {self.rounds}] "
+                        f"(rounds count from 1), got {r}"
+                    )
+        return self
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.name:  # frozen: set once, before anyone can see the config
+            object.__setattr__(self, "name", default_name(self))
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def default_name(config: ExperimentConfig) -> str:
+    """A run name from what runs: protocol, topology and its degree or fanout."""
+    options = config.topology.options
+    size = options.get("degree", options.get("fanout", ""))
+    return f"{config.protocol.name}-{config.topology.name}{size}"
 
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -122,8 +164,24 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _no_duplicate_keys(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def load_yaml(text: str, what: str) -> Any:
-    """Parse YAML ``text``; a syntax error becomes a ``PrivlabError`` naming ``what``."""
+    """Parse YAML ``text``; a syntax error or a repeated key becomes a ``PrivlabError``
+    naming ``what``."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
@@ -131,17 +189,53 @@ def load_yaml(text: str, what: str) -> Any:
         raise PrivlabError(f"{what} is not valid YAML: {detail}") from None
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Parse the YAML file at ``path``; a missing, unreadable or binary file is one
+    ``PrivlabError`` naming it."""
+    path = Path(path)
+    label = f"{what} {str(path)!r}"
+    if not path.is_file():
+        raise PrivlabError(f"{label} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PrivlabError(f"{label} is not a text (UTF-8 YAML) file") from None
+    except OSError as error:
+        raise PrivlabError(f"{label} cannot be read: {error.strerror}") from None
+    if "\x00" in text:
+        raise PrivlabError(f"{label} is not a text (UTF-8 YAML) file")
+    return load_yaml(text, label)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config file and apply ``key.sub=value`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrivlabError(f"config file {str(path)!r} does not exist")
-    raw = load_yaml(path.read_text(), f"config file {str(path)!r}")
-    return parse_config(apply_overrides(_mapping(raw), overrides or []))
+    return parse_config(apply_overrides(_mapping(read_yaml_file(path)), overrides or []))
+
+
+# A component's options belong to its name: --set topology.name=ring on a config whose
+# topology has a degree drops the degree (the keys listed here are kept).
+_RENAMES_RESET = {
+    ("topology", "name"): ("weights",),
+    ("model", "name"): (),
+    ("protocol", "name"): (),
+    ("data", "dataset"): (
+        "root",
+        "partition",
+        "alpha",
+        "shards_per_node",
+        "test_fraction",
+        "nonmember_fraction",
+    ),
+}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys from ``key=value`` strings; values are parsed as YAML."""
+    """Set dotted keys from ``key=value`` strings; values are parsed as YAML.
+
+    Changing a component's name (``topology.name``, ``model.name``, ``protocol.name``,
+    ``data.dataset``) resets that component's options, so ``--set topology.name=ring``
+    works on a config whose topology has a ``degree``; later ``--set``s add options.
+    """
     raw = _deep_copy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -156,7 +250,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise PrivlabError(f"--set {key}: {part!r} is not a section")
             node = child
-        node[leaf] = load_yaml(value, f"--set {key}")
+        parsed = load_yaml(value, f"--set {key}")
+        kept = _RENAMES_RESET.get((parents[0], leaf)) if len(parents) == 1 else None
+        if kept is not None and node.get(leaf) != parsed:
+            for option in [k for k in node if k not in kept]:
+                del node[option]
+        node[leaf] = parsed
     return raw
 
 
@@ -175,7 +274,18 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 def _first_error(error: ValidationError) -> str:
     detail = error.errors()[0]
     field = ".".join(str(part) for part in detail["loc"]) or "config"
-    if detail["type"] == "extra_forbidden":
+    kind = detail["type"]
+    if kind == "extra_forbidden":
         return f"unknown config key {field!r}"
+    if kind == "value_error" and not detail["loc"]:  # a check across fields, already worded
+        return str(detail["ctx"]["error"])
+    if kind == "string_pattern_mismatch" and field == "name":
+        message = "must be a name of letters, digits and ._+- (no '/'), at most 100 long"
+        return f"name {message}, got {_short(detail.get('input'))}"
     message = detail["msg"][0].lower() + detail["msg"][1:]
-    return f"{field}: {message}, got {detail.get('input')!r}"
+    return f"{field}: {message}, got {_short(detail.get('input'))}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -24,11 +24,24 @@ from torch import nn
 
 from privlab.data import FederatedData
 from privlab.errors import check
+from privlab.models import activation_sizes
 from privlab.protocol import Messages, Observer, Protocol
 from privlab.rng import torch_generator
 from privlab.state import ParamSpec
 from privlab.topology import CommPlan, Topology
-from privlab.training import SGDConfig, StackedSGD, sample_batches, stacked_gradient
+from privlab.training import (
+    Batch,
+    SGDConfig,
+    StackedSGD,
+    sample_batches,
+    stacked_gradient,
+    weighted_cross_entropy,
+)
+
+EVAL_BUDGET = 64 * 2**20
+"""Bytes of the widest activation tensor of one evaluation block (nodes x samples)."""
+EVAL_SAMPLES = 256
+"""Training samples per node on which ``train_loss`` is evaluated, by default."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ class Engine(abc.ABC):
         *,
         seed: int = 0,
         observer: Observer | None = None,
-        eval_samples: int = 256,
+        eval_samples: int = EVAL_SAMPLES,
     ):
         check(
             topology.num_nodes == data.num_nodes,
@@ -109,7 +122,7 @@ class Engine(abc.ABC):
         self._receive(params, messages, plan)
         return RoundReport(round, messages.bytes_sent(self.num_nodes), batch_loss)
 
-    def _batch(self, round: int, step: int) -> torch.Tensor:
+    def _batch(self, round: int, step: int) -> Batch:
         generator = torch_generator(self.seed, "batch", round, step)
         return sample_batches(
             self.node_indices, self.node_sizes, self.training.batch_size, generator
@@ -141,8 +154,8 @@ class Engine(abc.ABC):
         """Every node's parameters as one ``[n, D]`` tensor."""
 
     @abc.abstractmethod
-    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One SGD step of every node on its batch ``[n, B]``; returns the losses ``[n]``."""
+    def _local_step(self, batch: Batch) -> torch.Tensor:
+        """One SGD step of every node on its batch; returns the losses ``[n]``."""
 
     @abc.abstractmethod
     def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
@@ -156,46 +169,67 @@ class Engine(abc.ABC):
 
 
 class VectorizedEngine(Engine):
-    """All nodes in one ``[n, D]`` tensor; one batched gradient call per local step."""
+    """All nodes in one ``[n, D]`` tensor; one batched gradient call per local step.
 
-    def __init__(self, *args, test_chunk: int = 512, **kwargs):
+    Evaluation runs in blocks of nodes x samples whose widest activation tensor stays
+    within ``eval_budget`` bytes, so its memory does not grow with ``n``.
+    """
+
+    def __init__(self, *args, eval_budget: int = EVAL_BUDGET, **kwargs):
         super().__init__(*args, **kwargs)
         self._params = self.initial_state.clone()
         self._gradient = stacked_gradient(self.model, self.spec)
         self._optimizer = StackedSGD(self.training.sgd)
         self._X_rows = self.X.reshape(len(self.X), -1)  # index_select on rows beats X[batch]
         self._grads = torch.empty_like(self._params)
-        self._test_chunk = test_chunk
+        self._eval_budget = eval_budget
+        self._activation_bytes = 4 * max(activation_sizes(self.model, self.X[:1]))
 
     @property
     def params(self) -> torch.Tensor:
         return self._params
 
-    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
-        flat = batch.reshape(-1)
-        x = self._X_rows.index_select(0, flat).view(*batch.shape, *self.X.shape[1:])
-        y = self.y.index_select(0, flat).view(batch.shape)
-        grads, losses = self._gradient(self._params, x, y, out=self._grads)
+    def _local_step(self, batch: Batch) -> torch.Tensor:
+        shape = batch.indices.shape
+        flat = batch.indices.reshape(-1)
+        x = self._X_rows.index_select(0, flat).view(*shape, *self.X.shape[1:])
+        y = self.y.index_select(0, flat).view(shape)
+        grads, losses = self._gradient(self._params, x, y, batch.weights, out=self._grads)
         self._optimizer.step(self._params, grads)
         return losses
 
     def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
         self._params = self.protocol.receive(params, messages, plan)
 
+    def _node_block(self, samples: int) -> int:
+        """Nodes per evaluation block on ``samples`` samples each, within the budget."""
+        return max(1, self._eval_budget // (samples * self._activation_bytes))
+
     def _test_accuracy(self) -> torch.Tensor:
+        # as many samples per block as the budget allows: the parameters are read once
+        chunk = max(1, min(len(self.test_indices), self._eval_budget // self._activation_bytes))
+        block = self._node_block(chunk)
         correct = torch.zeros(self.num_nodes)
-        for chunk in self.test_indices.split(self._test_chunk):
-            logits = self._gradient.forward_shared(self._params, self.X[chunk])
-            correct += (logits.argmax(dim=-1) == self.y[chunk]).sum(dim=1)
+        for samples in self.test_indices.split(chunk):
+            x, y = self.X[samples], self.y[samples]
+            for start in range(0, self.num_nodes, block):
+                logits = self._gradient.forward_shared(self._params[start : start + block], x)
+                correct[start : start + block] += (logits.argmax(dim=-1) == y).sum(dim=1)
         return correct / len(self.test_indices)
 
     def _train_loss(self) -> torch.Tensor:
-        logits = self._gradient.forward(self._params, self.X[self.eval_indices])
+        block = self._node_block(self.eval_indices.shape[1])
+        starts = range(0, self.num_nodes, block)
+        return torch.cat([self._block_train_loss(slice(s, s + block)) for s in starts])
+
+    def _block_train_loss(self, nodes: slice) -> torch.Tensor:
+        indices, mask = self.eval_indices[nodes], self.eval_mask[nodes]
+        logits = self._gradient.forward(self._params[nodes], self.X[indices])
         n, b, c = logits.shape
         loss = F.cross_entropy(
-            logits.reshape(n * b, c), self.y[self.eval_indices].reshape(-1), reduction="none"
+            logits.reshape(n * b, c), self.y[indices].reshape(-1), reduction="none"
         ).view(n, b)
-        return (loss * self.eval_mask).sum(dim=1) / self.eval_mask.sum(dim=1)
+        return (loss * mask).sum(dim=1) / mask.sum(dim=1)
 
 
 class LoopEngine(Engine):
@@ -222,11 +256,15 @@ class LoopEngine(Engine):
             return torch.stack(self.rows)
         return torch.stack([self.spec.flatten(m) for m in self.models])
 
-    def _local_step(self, batch: torch.Tensor) -> torch.Tensor:
+    def _local_step(self, batch: Batch) -> torch.Tensor:
         losses = []
         for node, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            indices, weights = batch.indices[node], None
+            if batch.weights is not None:  # only the real samples, with their weights
+                real = batch.weights[node] > 0
+                indices, weights = indices[real], batch.weights[node][real]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(self.X[batch[node]]), self.y[batch[node]])
+            loss = weighted_cross_entropy(model(self.X[indices]), self.y[indices], weights)
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 
@@ -39,3 +41,26 @@ def is_integer(value: object) -> bool:
 def is_real(value: object) -> bool:
     """A real number that is not a bool."""
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+_BARE_FIELD = re.compile(r"^([A-Za-z_]\w*)(?= must )")
+_UNKNOWN_OPTIONS = re.compile(r"^(unknown options? )(.*?)( for )")
+
+
+@contextmanager
+def fields_named(paths: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a ``PrivlabError`` that names a bare option (``degree must be ...``,
+    ``unknown option 'degree'``) with its config path (``topology.degree``), so every
+    message names a field the way the config file spells it."""
+    try:
+        yield
+    except PrivlabError as error:
+        message = str(error)
+        qualified = _BARE_FIELD.sub(lambda m: paths.get(m[1], m[1]), message)
+        qualified = _UNKNOWN_OPTIONS.sub(
+            lambda m: m[1] + re.sub(r"'(\w+)'", lambda q: repr(paths.get(q[1], q[1])), m[2]) + m[3],
+            qualified,
+        )
+        if qualified == message:
+            raise
+        raise PrivlabError(qualified) from None

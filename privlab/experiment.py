@@ -1,8 +1,9 @@
 """From a typed config to a finished run: build the parts, train, evaluate, collect results.
 
 ``build(config)`` assembles data, model, topology, protocol, observer and engine;
-``run(config)`` trains round by round with a progress bar and returns ``Results``.
-An interrupt (Ctrl-C) stops after the round in flight and keeps everything finished.
+``run(config)`` trains rounds 1..R with a progress bar and returns ``Results``.
+An interrupt (Ctrl-C) stops after the round in flight and keeps everything finished;
+a diverged model (NaN or infinity) stops the run and keeps the rounds before it.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
-from privlab.config import ExperimentConfig
+from privlab.config import DataConfig, ExperimentConfig
 from privlab.data import FederatedData, make_federated
 from privlab.engine import ENGINES, Engine, LocalTraining
-from privlab.errors import PrivlabError
+from privlab.errors import PrivlabError, fields_named
 from privlab.models import build_model
 from privlab.protocol import PROTOCOLS, Observer, Protocol, threat_model_from
-from privlab.results import METRIC_COLUMNS, Results, versions
+from privlab.resources import check_fits, estimate
+from privlab.results import METRIC_COLUMNS, OBSERVATIONS_DIR, Results, versions
 from privlab.rng import derive_seed
 from privlab.state import ParamSpec
-from privlab.topology import Topology, build_topology
+from privlab.topology import StaticTopology, Topology, build_topology
 from privlab.training import SGDConfig
 
 
@@ -45,30 +50,41 @@ class Experiment:
     observer: Observer | None
 
 
-def build(config: ExperimentConfig) -> Experiment:
-    """Assemble every part of ``config``; invalid names or options raise ``PrivlabError``."""
+def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Experiment:
+    """Assemble every part of ``config``; invalid names or options raise ``PrivlabError``.
+
+    Before anything is loaded or allocated, the memory the run needs is estimated and a
+    run that does not fit is refused (``privlab.resources``). With ``run_dir``, the
+    observer streams what it records into ``run_dir/observations``.
+    """
     c = config
-    data = make_federated(
-        c.data.dataset,
-        c.nodes,
-        c.data.partition,
-        root=c.data.root,
-        seed=c.seed,
-        dataset_options=c.data.options,
-        alpha=c.data.alpha,
-        shards_per_node=c.data.shards_per_node,
-        test_fraction=c.data.test_fraction,
-        nonmember_fraction=c.data.nonmember_fraction,
-    )
-    with torch.random.fork_rng(devices=[]):
+    check_fits(estimate(c))
+    data_fields = {name: f"data.{name}" for name in DataConfig.model_fields}
+    data_fields |= {name: f"data.options.{name}" for name in c.data.options}
+    with fields_named(data_fields | {"num_nodes": "nodes", "seed": "seed"}):
+        data = make_federated(
+            c.data.dataset,
+            c.nodes,
+            c.data.partition,
+            root=c.data.root,
+            seed=c.seed,
+            dataset_options=c.data.options,
+            alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node,
+            test_fraction=c.data.test_fraction,
+            nonmember_fraction=c.data.nonmember_fraction,
+        )
+    with torch.random.fork_rng(devices=[]), fields_named(_paths("model", c.model)):
         torch.manual_seed(derive_seed(c.seed, "model"))
         model = build_model(
             c.model.name, data.dataset.input_shape, data.dataset.num_classes, **c.model.options
         )
-    topology = build_topology(
-        c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
-    )
-    protocol = PROTOCOLS.with_options(c.protocol.name, c.protocol.options)(**c.protocol.options)
+    with fields_named(_paths("topology", c.topology) | {"num_nodes": "nodes"}):
+        topology = build_topology(
+            c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
+        )
+    with fields_named(_paths("protocol", c.protocol)):
+        protocol = PROTOCOLS.with_options(c.protocol.name, c.protocol.options)(**c.protocol.options)
     if protocol.name == "epidemic" and not topology.name.startswith("el-"):
         raise PrivlabError(
             f"protocol 'epidemic' needs topology 'el-oracle' or 'el-local', got {topology.name!r}"
@@ -81,11 +97,33 @@ def build(config: ExperimentConfig) -> Experiment:
     observer = None
     if c.observer is not None:
         threat = threat_model_from(**c.observer.model_dump())
-        observer = Observer(threat, c.nodes, ParamSpec.of(model).dim)
+        _check_links_exist(threat.eavesdropped_links, topology)
+        directory = None if run_dir is None else Path(run_dir) / OBSERVATIONS_DIR
+        observer = Observer(threat, c.nodes, ParamSpec.of(model).dim, directory=directory)
     engine = ENGINES[c.engine](
         model, data, topology, protocol, training, seed=c.seed, observer=observer
     )
     return Experiment(c, data, model, topology, protocol, engine, observer)
+
+
+def _paths(section: str, component: BaseModel) -> dict[str, str]:
+    """Config paths of a component's options, for messages that name a bare option."""
+    names = set(component.model_extra or {}) | set(type(component).model_fields)
+    return {name: f"{section}.{name}" for name in names}
+
+
+def _check_links_exist(links: tuple[tuple[int, int], ...], topology: Topology) -> None:
+    """An eavesdropped link that is never an edge would silently record nothing."""
+    if not links or not isinstance(topology, StaticTopology):
+        return
+    plan = topology.plan(1)
+    edges = set(zip(plan.src.tolist(), plan.dst.tolist()))
+    missing = [list(link) for link in links if link not in edges]
+    if missing:
+        raise PrivlabError(
+            f"observer.eavesdropped_links must be edges of the {topology.name} topology "
+            f"(directed [src, dst]), got {missing} which never carry a message"
+        )
 
 
 def run(config: ExperimentConfig, *, progress: bool = True) -> Results:
@@ -94,28 +132,40 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> Results:
 
 
 def train(experiment: Experiment, *, progress: bool = True) -> Results:
-    """Train for ``config.rounds`` rounds, evaluating every ``eval_every`` and at the end.
+    """Train rounds 1..``config.rounds``, evaluating every ``eval_every`` rounds and at the end.
 
-    Ctrl-C lets the round in flight finish, evaluates it and stops; a second Ctrl-C
-    aborts at once and keeps only the rounds evaluated before it.
+    Every file of the results describes the same rounds (``summary["completed_rounds"]``):
+    - Ctrl-C lets the round in flight finish, evaluates it and stops; a second Ctrl-C
+      aborts at once and keeps the rounds up to the last evaluation.
+    - A round after which some node's parameters are not finite stops the run
+      (``summary["diverged"]``: the round and how many nodes); the rounds before it are
+      kept and a ``DivergedWarning`` says so.
     """
-    config, engine = experiment.config, experiment.engine
+    config, engine, observer = experiment.config, experiment.engine, experiment.observer
     rows: list[tuple[int, int, str, float]] = []
     started = time.perf_counter()
-    completed, evaluated, aborted = 0, 0, False
+    completed, evaluated, aborted, diverged = 0, 0, False, None
     _record(rows, 0, engine.evaluate())
-    bar = tqdm(range(config.rounds), desc=config.name, disable=not progress, leave=False)
+    bar = tqdm(
+        range(1, config.rounds + 1),
+        desc=config.name,
+        disable=not (progress and _interactive()),
+        leave=False,
+    )
     with _StopAfterRound() as stop:
         try:
             for t in bar:
                 report = engine.run_round(t)
-                completed = t + 1
-                _record(rows, completed, {"bytes_sent": report.bytes_sent})
-                last = completed == config.rounds or stop.requested
-                if completed % config.eval_every == 0 or last:
+                bad = _non_finite_nodes(engine.params)
+                if bad:
+                    diverged = {"round": t, "nodes": bad}
+                    break
+                completed = t
+                _record(rows, t, {"bytes_sent": report.bytes_sent})
+                if t % config.eval_every == 0 or t == config.rounds or stop.requested:
                     metrics = engine.evaluate()
-                    _record(rows, completed, metrics)
-                    evaluated = completed
+                    _record(rows, t, metrics)
+                    evaluated = t
                     if "test_accuracy" in metrics:
                         bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
                 if stop.requested:
@@ -124,15 +174,44 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
             aborted = True
         finally:
             bar.close()
-    if aborted:  # drop what the unfinished round recorded past the last evaluation
-        rows = [row for row in rows if row[0] <= evaluated]
+    if aborted:
         completed = evaluated
+    rows = [row for row in rows if row[0] <= completed]
+    if observer is not None:
+        observer.flush()
+        observer.log.truncate(completed)
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = _summary(config, experiment, metrics, time.perf_counter() - started)
     summary.update(completed_rounds=completed, interrupted=aborted or stop.requested)
-    return Results(
-        config.to_dict(), metrics, summary, experiment.observer and experiment.observer.log
+    if diverged is not None:
+        summary["diverged"] = diverged
+        warnings.warn(divergence_message(diverged, config), DivergedWarning, stacklevel=2)
+    return Results(config.to_dict(), metrics, summary, observer and observer.log)
+
+
+class DivergedWarning(RuntimeWarning):
+    """Training stopped because some node's parameters became NaN or infinite."""
+
+
+def divergence_message(diverged: dict[str, int], config: ExperimentConfig) -> str:
+    """One line saying where training diverged and what to change."""
+    return (
+        f"training diverged in round {diverged['round']}: {diverged['nodes']} of "
+        f"{config.nodes} nodes have non-finite parameters (lower training.lr, now "
+        f"{config.training.lr:g}); kept rounds up to {diverged['round'] - 1}"
     )
+
+
+def _non_finite_nodes(params: torch.Tensor) -> int:
+    """How many rows of ``params`` hold a NaN or an infinity (one cheap sum when none)."""
+    if bool(torch.isfinite(params.sum())):
+        return 0
+    return int((~torch.isfinite(params).all(dim=1)).sum())
+
+
+def _interactive() -> bool:
+    """Progress bars only on a terminal or in a notebook, never flooding a log file."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 class _StopAfterRound:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
+from torch.func import functional_call
 
 from privlab.errors import check, is_integer
 from privlab.registry import Registry
@@ -65,6 +67,41 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def activation_sizes(model: nn.Module, sample: torch.Tensor) -> list[int]:
+    """Elements per sample of the input ``sample[1, ...]`` and of every leaf module's output.
+
+    A Sequential of Flatten, Linear and elementwise activations is read off its layers;
+    any other model runs one forward pass on the device of ``sample`` (on the meta
+    device nothing is computed or allocated, whatever the width of the layers).
+    """
+    sizes = [sample[0].numel()]
+    if isinstance(model, nn.Sequential) and all(isinstance(m, _SIZED) for m in model):
+        for layer in model:
+            linear = isinstance(layer, nn.Linear)
+            sizes.append(
+                sizes[-1] // layer.in_features * layer.out_features if linear else sizes[-1]
+            )
+        return sizes
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        sizes.append(output[0].numel())
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    try:
+        with torch.no_grad():
+            functional_call(model, {k: v.to(sample.device) for k, v in state.items()}, (sample,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+_SIZED = (nn.Linear, nn.Flatten, nn.Identity, *ACTIVATIONS.values())
+"""Layers whose output size follows from their input size and attributes alone."""
+
+
 def _is_int(value: object, minimum: int) -> bool:
     return is_integer(value) and value >= minimum
 
@@ -90,8 +127,10 @@ def _mlp(
     activation: str = "relu",
 ) -> nn.Module:
     """Flatten -> (Linear -> activation) per hidden width -> Linear, as one flat Sequential."""
-    widths = _widths(hidden, "hidden")
-    check(activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", activation)
+    widths = _widths(hidden, "model.hidden")
+    check(
+        activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation
+    )
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = math.prod(input_shape)
     for width in widths:
@@ -111,11 +150,11 @@ def _cnn(
     """Per width in ``channels``: Conv3x3 -> GroupNorm -> ReLU -> MaxPool2 (skipped once the
     feature map is under 2x2), then Flatten -> Linear. Input ``[C, H, W]``."""
     check(len(input_shape) == 3, "input_shape", "3-D [C, H, W] for model 'cnn'", input_shape)
-    widths = _widths(channels, "channels")
-    check(len(widths) >= 1, "channels", "a non-empty sequence of integers >= 1", channels)
+    widths = _widths(channels, "model.channels")
+    check(len(widths) >= 1, "model.channels", "a non-empty sequence of integers >= 1", channels)
     check(
         _is_int(groups, 1) and all(w % groups == 0 for w in widths),
-        "groups",
+        "model.groups",
         f"an integer >= 1 dividing every channel count {list(widths)}",
         groups,
     )

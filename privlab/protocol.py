@@ -14,24 +14,28 @@ shaped for every mechanism privlab carries, not only plain averaging:
 * the state need not be a model (muted gossip): ``Protocol.trains = False`` tells the
   engine to skip local training.
 
-The ``Observer`` is the attack boundary. It keeps exactly what the curious parties of
-a ``ThreatModel`` receive, at the rounds asked for, in an ``ObservationLog`` that can
-be saved, reloaded and attacked later.
+The ``Observer`` is the attack boundary (``privlab.observe``, re-exported here). It keeps
+exactly what the curious parties of a ``ThreatModel`` receive, at the rounds asked for, in
+an ``ObservationLog`` that can be saved, reloaded and attacked later.
 """
 
 from __future__ import annotations
 
 import abc
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import scipy.sparse
 import torch
 
-from privlab.errors import PrivlabError, check
+from privlab.errors import PrivlabError
+from privlab.observe import (  # noqa: F401 (re-exported: the observer's historical home)
+    Observation,
+    ObservationLog,
+    Observer,
+    ThreatModel,
+    threat_model_from,
+)
 from privlab.registry import Registry
 from privlab.topology import CommPlan
 
@@ -204,241 +208,6 @@ class Protocol(abc.ABC):
 
 
 PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
-
-
-# --------------------------------------------------------------------------- observer
-
-
-@dataclass(frozen=True)
-class ThreatModel:
-    """Who is curious, and when they look.
-
-    ``curious_nodes`` see every message addressed to them; ``colluding`` pools them into
-    one party, otherwise each is its own party. ``eavesdropped_links`` (directed
-    ``(src, dst)`` pairs) are seen by one external eavesdropper. ``rounds`` restricts
-    recording to those rounds (None: every round).
-    """
-
-    curious_nodes: tuple[int, ...] = ()
-    colluding: bool = False
-    eavesdropped_links: tuple[tuple[int, int], ...] = ()
-    rounds: tuple[int, ...] | None = None
-
-    def validate(self, num_nodes: int) -> None:
-        check(
-            len(set(self.curious_nodes)) == len(self.curious_nodes),
-            "observer.curious_nodes",
-            "distinct nodes",
-            self.curious_nodes,
-        )
-        check(
-            len(set(self.eavesdropped_links)) == len(self.eavesdropped_links),
-            "observer.eavesdropped_links",
-            "distinct links",
-            self.eavesdropped_links,
-        )
-        for node in self.curious_nodes:
-            check(0 <= node < num_nodes, "observer.curious_nodes", f"in [0, {num_nodes})", node)
-        for s, d in self.eavesdropped_links:
-            check(
-                0 <= s < num_nodes and 0 <= d < num_nodes and s != d,
-                "observer.eavesdropped_links",
-                f"pairs of distinct nodes in [0, {num_nodes})",
-                (s, d),
-            )
-        check(
-            bool(self.curious_nodes or self.eavesdropped_links),
-            "observer",
-            "given at least one curious node or eavesdropped link",
-            None,
-        )
-
-    def parties(self) -> list[str]:
-        """Names of the observing parties, in log order."""
-        names: list[str] = []
-        if self.colluding and self.curious_nodes:
-            names.append("coalition:" + ",".join(map(str, sorted(self.curious_nodes))))
-        else:
-            names.extend(f"node:{v}" for v in sorted(self.curious_nodes))
-        if self.eavesdropped_links:
-            names.append("eavesdropper")
-        return names
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the parties saw in one round: one row per message observed.
-
-    ``sender`` is what the party was told (a pseudonym where the protocol hides the
-    sender); ``true_sender`` is ground truth, for scoring attacks, never an input to them.
-    """
-
-    round: int
-    party: torch.Tensor
-    receiver: torch.Tensor
-    sender: torch.Tensor
-    true_sender: torch.Tensor
-    payload: torch.Tensor
-    indices: torch.Tensor | None
-
-    def __len__(self) -> int:
-        return int(self.party.shape[0])
-
-
-@dataclass
-class ObservationLog:
-    """Everything the threat model's parties received, round by round."""
-
-    threat_model: ThreatModel
-    num_nodes: int
-    dim: int
-    observations: list[Observation] = field(default_factory=list)
-
-    @property
-    def parties(self) -> list[str]:
-        return self.threat_model.parties()
-
-    def __len__(self) -> int:
-        return sum(len(o) for o in self.observations)
-
-    def rounds(self) -> list[int]:
-        return [o.round for o in self.observations]
-
-    def nbytes(self) -> int:
-        """Memory held by the recorded payloads and indices."""
-        return sum(
-            o.payload.nbytes + (0 if o.indices is None else o.indices.nbytes)
-            for o in self.observations
-        )
-
-    def for_party(self, party: str) -> list[Observation]:
-        """The observations of one party (by name), round by round."""
-        if party not in self.parties:
-            raise PrivlabError(f"unknown party {party!r}; valid: {', '.join(self.parties)}")
-        pid = self.parties.index(party)
-        out = []
-        for o in self.observations:
-            keep = o.party == pid
-            out.append(
-                Observation(
-                    o.round,
-                    o.party[keep],
-                    o.receiver[keep],
-                    o.sender[keep],
-                    o.true_sender[keep],
-                    o.payload[keep],
-                    None if o.indices is None else o.indices[keep],
-                )
-            )
-        return out
-
-    def save(self, path: str | Path) -> None:
-        """Write the log to ``path`` (a torch file of plain tensors; loads with weights_only)."""
-        tm = self.threat_model
-        torch.save(
-            {
-                "threat_model": {
-                    "curious_nodes": list(tm.curious_nodes),
-                    "colluding": tm.colluding,
-                    "eavesdropped_links": [list(link) for link in tm.eavesdropped_links],
-                    "rounds": None if tm.rounds is None else list(tm.rounds),
-                },
-                "num_nodes": self.num_nodes,
-                "dim": self.dim,
-                "observations": [vars(o) for o in self.observations],
-            },
-            Path(path),
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> ObservationLog:
-        """Read a log written by ``save``."""
-        raw = torch.load(Path(path), weights_only=True)
-        tm = raw["threat_model"]
-        threat = ThreatModel(
-            curious_nodes=tuple(tm["curious_nodes"]),
-            colluding=tm["colluding"],
-            eavesdropped_links=tuple(tuple(link) for link in tm["eavesdropped_links"]),
-            rounds=None if tm["rounds"] is None else tuple(tm["rounds"]),
-        )
-        return cls(
-            threat, raw["num_nodes"], raw["dim"], [Observation(**o) for o in raw["observations"]]
-        )
-
-
-class Observer:
-    """Records what a threat model's parties receive into an ``ObservationLog``."""
-
-    def __init__(self, threat_model: ThreatModel, num_nodes: int, dim: int):
-        threat_model.validate(num_nodes)
-        self.threat_model = threat_model
-        self.log = ObservationLog(threat_model, num_nodes, dim)
-        self._num_nodes = num_nodes
-        self._rounds = None if threat_model.rounds is None else set(threat_model.rounds)
-        self._curious = torch.tensor(sorted(threat_model.curious_nodes), dtype=torch.int64)
-        self._links = torch.tensor(
-            [s * num_nodes + d for s, d in threat_model.eavesdropped_links], dtype=torch.int64
-        )
-        party_of_node = torch.full((num_nodes,), -1, dtype=torch.int64)
-        for i, v in enumerate(sorted(threat_model.curious_nodes)):
-            party_of_node[v] = 0 if threat_model.colluding else i
-        self._party_of_node = party_of_node
-        self._eavesdropper = len(threat_model.parties()) - 1
-
-    def watches(self, round: int) -> bool:
-        return self._rounds is None or round in self._rounds
-
-    def record(self, round: int, messages: Messages) -> None:
-        """Keep the messages the parties see this round (copies, so later rounds cannot alter them).
-
-        A message to a curious node on an eavesdropped link is recorded once per party.
-        """
-        if not self.watches(round):
-            return
-        by_node = torch.isin(messages.dst, self._curious)
-        by_link = torch.isin(messages.src * self._num_nodes + messages.dst, self._links)
-        parts = [(by_node, self._party_of_node[messages.dst[by_node]])]
-        if self.threat_model.eavesdropped_links:
-            parts.append((by_link, torch.full((int(by_link.sum()),), self._eavesdropper)))
-        rows = [(mask, party) for mask, party in parts if bool(mask.any())]
-        if not rows:
-            return
-        self.log.observations.append(_stack_observation(round, messages, rows))
-
-
-def _stack_observation(
-    round: int, messages: Messages, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> Observation:
-    seen = [messages.select(mask) for mask, _ in rows]
-
-    def gather(part) -> torch.Tensor | None:
-        values = [part(m) for m in seen]
-        return None if values[0] is None else torch.cat(values).clone()
-
-    return Observation(
-        round=round,
-        party=torch.cat([party for _, party in rows]),
-        receiver=gather(lambda m: m.dst),
-        sender=gather(lambda m: m.seen_sender),
-        true_sender=gather(lambda m: m.src),
-        payload=gather(lambda m: m.payload),
-        indices=gather(lambda m: m.indices),
-    )
-
-
-def threat_model_from(
-    curious_nodes: Iterable[int] = (),
-    colluding: bool = False,
-    eavesdropped_links: Iterable[Sequence[int]] = (),
-    rounds: Iterable[int] | None = None,
-) -> ThreatModel:
-    """Build a ``ThreatModel`` from plain lists (as they come from a config file)."""
-    return ThreatModel(
-        curious_nodes=tuple(sorted({int(v) for v in curious_nodes})),
-        colluding=bool(colluding),
-        eavesdropped_links=tuple(sorted({(int(s), int(d)) for s, d in eavesdropped_links})),
-        rounds=None if rounds is None else tuple(sorted({int(r) for r in rounds})),
-    )
 
 
 def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int) -> torch.Tensor:

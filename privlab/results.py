@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from privlab.jsonio import dumps
 from privlab.protocol import ObservationLog
 
 METRIC_COLUMNS = ["round", "node", "metric", "value"]
+OBSERVATIONS_DIR = "observations"
 FILES = {
     "config": "config.yaml",
     "metrics": "metrics.csv",
     "summary": "summary.json",
-    "observations": "observations.pt",
+    "observations": OBSERVATIONS_DIR,
+    "plot": "curves.png",
 }
+LEGACY_OBSERVATIONS = "observations.pt"
 
 
 @dataclass
@@ -45,29 +51,32 @@ class Results:
         return rows.groupby("round")["value"].agg(["mean", "min", "max"]).reset_index()
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write config.yaml, metrics.csv, summary.json (and observations.pt) to ``out_dir``."""
+        """Write config.yaml, metrics.csv, summary.json (strict JSON) and the observation
+        log (``observations/``) to ``out_dir``; a log already streaming there is finalised."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / FILES["config"]).write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.metrics.to_csv(out / FILES["metrics"], index=False)
-        (out / FILES["summary"]).write_text(json.dumps(self.summary, indent=2) + "\n")
-        observations = out / FILES["observations"]
+        (out / FILES["summary"]).write_text(dumps(self.summary, indent=2) + "\n")
+        (out / LEGACY_OBSERVATIONS).unlink(missing_ok=True)
         if self.observations is not None:
-            self.observations.save(observations)
+            self.observations.save(out / OBSERVATIONS_DIR)
         else:  # a run written over with --force must not keep the old run's log
-            observations.unlink(missing_ok=True)
+            shutil.rmtree(out / OBSERVATIONS_DIR, ignore_errors=True)
         return out
 
     @classmethod
     def load(cls, out_dir: str | Path) -> Results:
-        """Read a run folder written by ``save``."""
+        """Read a run folder written by ``save`` (the observation log is read lazily)."""
         out = Path(out_dir)
-        observations = out / FILES["observations"]
+        observations = next(
+            (p for p in (out / OBSERVATIONS_DIR, out / LEGACY_OBSERVATIONS) if p.exists()), None
+        )
         return cls(
             config=yaml.safe_load((out / FILES["config"]).read_text()),
             metrics=pd.read_csv(out / FILES["metrics"]),
             summary=json.loads((out / FILES["summary"]).read_text()),
-            observations=ObservationLog.load(observations) if observations.exists() else None,
+            observations=None if observations is None else ObservationLog.load(observations),
         )
 
     def plot(self, metrics: tuple[str, ...] = ("test_accuracy", "consensus_distance"), ax=None):
@@ -95,18 +104,55 @@ class Results:
                 axis.set_yscale("log")
         return axes
 
+    def save_plot(self, path: str | Path) -> Path:
+        """Write the accuracy and consensus curves to ``path`` (PNG): the line is the mean
+        over nodes, the band spans the worst to the best node."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        axes = self.plot()
+        figure = axes[0].figure
+        status = _status(self.summary)
+        figure.suptitle(
+            f"{self.config.get('name', 'run')}{status}: line = mean over nodes, "
+            "band = min to max over nodes",
+            fontsize=9,
+        )
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return Path(path)
+
+
+def _status(summary: dict[str, Any]) -> str:
+    """`` (diverged in round 7)`` or `` (interrupted after round 12)`` or nothing."""
+    if "diverged" in summary:
+        return f" (diverged in round {summary['diverged']['round']})"
+    if summary.get("interrupted"):
+        return f" (interrupted after round {summary['completed_rounds']})"
+    return ""
+
 
 def versions() -> dict[str, str]:
     """Versions of Python and the libraries that decide the numbers."""
     import numpy
     import torch
 
-    import privlab
-
     return {
         "python": platform.python_version(),
-        "privlab": privlab.__version__,
+        "privlab": privlab_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "pandas": pd.__version__,
     }
+
+
+def privlab_version() -> str:
+    """The installed distribution's version: read from its metadata, so it does not depend
+    on which folder ``import privlab`` resolves from."""
+    try:
+        return metadata.version("privlab")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"

@@ -1,7 +1,9 @@
 """Local training of all nodes at once: stacked gradients and a stacked SGD optimizer.
 
-Two gradient paths compute the per-node gradient of each node's mean loss on its own
-batch, for every node in one call:
+Two gradient paths compute the per-node gradient of each node's loss on its own batch,
+for every node in one call. A node's loss is the mean over its batch or, given per-sample
+``weights[n, B]``, the weighted sum ``sum_b w[i, b] loss[i, b]`` (a zero weight masks a
+padding position out; see ``Batch``):
 
 * ``BatchedSequentialGrad`` (fast path): models that are ``nn.Sequential`` of
   ``Flatten``/``Linear`` and ReLU/Tanh/Sigmoid run as batched matrix products over
@@ -111,13 +113,35 @@ class _Linear:
     in_features: int
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Every node's batch: global sample indices ``[n, B]`` and per-sample loss weights.
+
+    Node i's loss is ``sum_b weights[i, b] * loss(indices[i, b])``; padding positions have
+    weight 0 (and a valid index, so the forward pass stays finite). ``weights`` is None
+    when every position is a real sample of weight ``1 / B`` (the plain mean).
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor | None = None
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of one batch: ``sum_b weights[b] * loss_b``, or the mean without weights."""
+    if weights is None:
+        return F.cross_entropy(logits, y)
+    return (F.cross_entropy(logits, y, reduction="none") * weights).sum()
+
+
 class BatchedSequentialGrad:
     """Per-node gradients of an MLP-like ``nn.Sequential`` via batched matrix products.
 
     Forward and backward are written out by hand (``bmm`` over the node dimension): for
     a linear layer ``h' = h W^T + b``, ``dW = delta^T h``, ``db = sum delta``,
-    ``dh = delta W``; the cross-entropy gradient is ``(softmax - onehot) / B``. Checked
-    against autograd in the tests.
+    ``dh = delta W``; the cross-entropy gradient is ``(softmax - onehot) / B``, or
+    ``(softmax - onehot) * w`` with per-sample weights. Checked against autograd in the tests.
     """
 
     def __init__(self, model: nn.Sequential, spec: ParamSpec):
@@ -161,9 +185,11 @@ class BatchedSequentialGrad:
         params: torch.Tensor,
         x: torch.Tensor,
         y: torch.Tensor,
+        weights: torch.Tensor | None = None,
         out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
+        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]`` of the
+        loss weighted by ``weights[n, B]`` (see ``Batch``), or of the mean loss."""
         n, batch = params.shape[0], x.shape[1]
         h = x.reshape(n, batch, -1)
         saved = []  # the input of each linear layer, the output of each activation
@@ -179,9 +205,14 @@ class BatchedSequentialGrad:
         exp = shifted.exp()
         total = exp.sum(dim=-1, keepdim=True)
         target = y.unsqueeze(-1)
-        losses = (total.log() - shifted.gather(-1, target)).squeeze(-1).mean(dim=1)
+        sample_losses = (total.log() - shifted.gather(-1, target)).squeeze(-1)
         delta = exp.div_(total).scatter_add_(-1, target, torch.full_like(target, -1, dtype=h.dtype))
-        delta.div_(batch)
+        if weights is None:
+            losses = sample_losses.mean(dim=1)
+            delta.div_(batch)
+        else:
+            losses = (sample_losses * weights).sum(dim=1)
+            delta.mul_(weights.unsqueeze(-1))
         pieces: dict[int, torch.Tensor] = {}  # gradient blocks by offset in the flat vector
         for position in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[position], saved[position]
@@ -207,10 +238,14 @@ class VmapGrad:
         self.model = model
         self.spec = spec
 
-        def loss(row: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(functional_call(model, spec.unflatten(row), (x,)), y)
+        def loss(
+            row: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None
+        ) -> torch.Tensor:
+            logits = functional_call(model, spec.unflatten(row), (x,))
+            return weighted_cross_entropy(logits, y, weights)
 
-        self._grad = vmap(grad_and_value(loss))
+        self._grad = vmap(grad_and_value(loss), in_dims=(0, 0, 0, None))
+        self._weighted_grad = vmap(grad_and_value(loss))
         self._logits = vmap(lambda row, x: functional_call(model, spec.unflatten(row), (x,)))
         self._logits_shared = vmap(
             lambda row, x: functional_call(model, spec.unflatten(row), (x,)), in_dims=(0, None)
@@ -227,10 +262,13 @@ class VmapGrad:
         params: torch.Tensor,
         x: torch.Tensor,
         y: torch.Tensor,
+        weights: torch.Tensor | None = None,
         out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]``."""
-        grads, losses = self._grad(params, x, y)
+        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]`` of the
+        loss weighted by ``weights[n, B]`` (see ``Batch``), or of the mean loss."""
+        path = self._grad if weights is None else self._weighted_grad
+        grads, losses = path(params, x, y, weights)
         return (grads if out is None else out.copy_(grads)), losses
 
 
@@ -243,19 +281,28 @@ def stacked_gradient(model: nn.Module, spec: ParamSpec) -> BatchedSequentialGrad
 
 def sample_batches(
     padded_indices: torch.Tensor, sizes: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Global sample indices ``[n, batch_size]``: a uniform batch from each node's own data.
+) -> Batch:
+    """A uniform batch from each node's own data, drawn without replacement.
 
-    Within a batch, samples are drawn without replacement; a node with fewer samples than
-    ``batch_size`` has all of them, and the rest of its batch is drawn uniformly with
-    replacement. Batches of different steps are independent draws.
+    ``padded_indices[n, m]`` holds each node's global sample indices (right-padded),
+    ``sizes[n]`` how many are real. Node i draws ``min(batch_size, sizes[i])`` distinct
+    samples: a batch larger than a node's data is the node's whole data, each sample once
+    (never refilled by resampling, which would weigh some samples twice and cost memory
+    in ``batch_size`` rather than in the data). The batch width is
+    ``B = min(batch_size, m)``; positions past a node's draw are padding of weight 0, and
+    the other weights are ``1 / min(batch_size, sizes[i])``, so the loss is the mean over
+    the node's real samples. When every node has at least ``batch_size`` samples there is
+    no padding and ``weights`` is None. Batches of different steps are independent draws.
     """
     n, m = padded_indices.shape
-    width = max(m, batch_size)
-    size = sizes.unsqueeze(1)
-    keys = torch.rand(n, width, generator=generator)
-    keys[torch.arange(width).unsqueeze(0) >= size] = 2.0
-    positions = keys.argsort(dim=1, stable=True)[:, :batch_size]
-    filler = (torch.rand(n, batch_size, generator=generator) * size).long()
-    positions = torch.where(positions < size, positions, torch.minimum(filler, size - 1))
-    return padded_indices.gather(1, positions)
+    width = min(batch_size, m)
+    keys = torch.rand(n, m, generator=generator)
+    keys[torch.arange(m).unsqueeze(0) >= sizes.unsqueeze(1)] = 2.0  # padding sorts last
+    positions = keys.argsort(dim=1, stable=True)[:, :width]
+    if int(sizes.min()) >= batch_size:
+        return Batch(padded_indices.gather(1, positions))
+    drawn = sizes.clamp(max=batch_size).unsqueeze(1)
+    real = torch.arange(width).unsqueeze(0) < drawn
+    positions = torch.where(real, positions, 0)  # padding reads the node's first sample
+    weights = real / drawn.to(torch.float32)
+    return Batch(padded_indices.gather(1, positions), weights)

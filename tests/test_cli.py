@@ -16,6 +16,7 @@ from privlab.config import load_config, parse_config
 from privlab.errors import PrivlabError
 from privlab.experiment import run
 from privlab.mechanisms import DPSGD
+from privlab.results import Results
 
 
 def small(**overrides) -> dict:
@@ -54,7 +55,7 @@ def test_run_writes_the_run_folder(tmp_path, capsys):
     assert set(summary["final_accuracy"]) == {"mean", "min", "max"}
     assert summary["total_bytes"] == int(metrics[metrics.metric == "bytes_sent"].value.sum())
     assert {"torch", "numpy", "privlab", "python"} <= set(summary["versions"])
-    assert (out / "observations.pt").exists()
+    assert (out / "observations").is_dir()
 
 
 def test_set_overrides_and_same_seed_same_numbers(tmp_path):
@@ -116,7 +117,7 @@ def test_ctrl_c_finishes_the_round_in_flight_and_keeps_everything(tmp_path, monk
     assert (
         main(["run", config, "--out", str(tmp_path / "clean"), "--quiet", "--set", "rounds=3"]) == 0
     )
-    interrupt_in_send(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGINT))
+    interrupt_in_send(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGINT))
     out = tmp_path / "run"
     assert main(["run", config, "--out", str(out), "--quiet"]) == 130
     summary = json.loads((out / "summary.json").read_text())
@@ -134,11 +135,12 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
     def abort():
         raise KeyboardInterrupt
 
-    interrupt_in_send(monkeypatch, 2, abort)
+    interrupt_in_send(monkeypatch, 3, abort)
     out = tmp_path / "run"
     assert main(["run", config, "--out", str(out), "--quiet"]) == 130
     assert json.loads((out / "summary.json").read_text())["completed_rounds"] == 2
     assert pd.read_csv(out / "metrics.csv")["round"].max() == 2
+    assert Results.load(out).observations.rounds() == [1, 2]  # every file: the same rounds
     pd.testing.assert_frame_equal(final_metrics(out), final_metrics(tmp_path / "clean"))
 
 
@@ -216,10 +218,10 @@ def test_runs_without_a_test_set_report_no_accuracy(tmp_path):
 def test_force_replaces_the_whole_run(tmp_path):
     out = tmp_path / "run"
     assert main(["run", write(tmp_path, small()), "--out", str(out), "--quiet"]) == 0
-    assert (out / "observations.pt").exists()
+    assert (out / "observations").is_dir()
     no_observer = write(tmp_path, small(observer=None))
     assert main(["run", no_observer, "--out", str(out), "--quiet", "--force"]) == 0
-    assert not (out / "observations.pt").exists()
+    assert not (out / "observations").exists()
 
 
 def test_parse_config_rejects_non_mappings():
@@ -247,6 +249,8 @@ def test_demo_writes_its_table_and_runs(tmp_path, capsys):
     assert (table.acc_mean > 0.1).all() and "dpsgd-ring" in printed
     assert (out / "comparison.png").stat().st_size > 10_000
     assert (out / "el-local4" / "summary.json").exists()
-    before = (out / "comparison.csv").read_bytes()
-    assert main(["demo", "--out", str(out), "--rounds", "2", "--quiet"]) == 2
-    assert (out / "comparison.csv").read_bytes() == before
+    (out / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--rounds", "1", "--quiet"]) == 0  # works twice
+    assert "replaced the previous demo" in capsys.readouterr().out
+    assert pd.read_csv(out / "comparison.csv").rounds.tolist() == ["1/1"] * 4
+    assert (out / "notes.txt").read_text() == "mine"  # only the demo's own files are replaced

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,8 @@ from privlab.data import (
     FederatedData,
     available_datasets,
     available_partitions,
+    dataset_shape,
+    datasets,
     load_dataset,
     make_federated,
     partition,
@@ -98,18 +102,22 @@ def test_synthetic_separation_controls_difficulty():
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "message"),
     [
-        ({"dimension": 0}, "dimension"),
-        ({"num_classes": 1}, "num_classes"),
-        ({"num_samples": 3, "num_classes": 4}, "num_samples"),
-        ({"separation": -1.0}, "separation"),
-        ({"dimension": 2.5}, "dimension"),
+        ({"dimension": 0}, r"dimension must be an integer in \[1, 2147483647\]"),
+        ({"num_classes": 1}, r"num_classes must be an integer in \[2, 2000\]"),
+        ({"num_samples": 3, "num_classes": 4}, r"num_classes must be an integer in \[2, 3\]"),
+        ({"num_classes": 10**9}, r"num_classes must be an integer in \[2, 2000\]"),
+        ({"num_samples": 10**10}, r"num_samples must be an integer in \[2, 2147483647\]"),
+        ({"num_samples": 1}, "num_samples must be an integer in"),
+        ({"separation": -1.0}, "separation must be a finite number >= 0"),
+        ({"dimension": 2.5}, "dimension must be an integer"),
     ],
 )
-def test_synthetic_bad_options_name_the_field(options, field):
-    with pytest.raises(PrivlabError, match=f"^{field} must be"):
-        load_dataset("synthetic", **options)
+def test_synthetic_bad_options_name_the_field(options, message):
+    for check in (load_dataset, dataset_shape):  # refused before anything is allocated
+        with pytest.raises(PrivlabError, match=f"^data.options.{message}"):
+            check("synthetic", **options)
 
 
 def test_unknown_dataset_and_option():
@@ -153,8 +161,13 @@ def test_npz_round_trip_remaps_labels(tmp_path):
 
 
 def test_npz_errors(tmp_path):
-    with pytest.raises(PrivlabError, match="^path must be the file to load"):
-        load_dataset("npz")
+    for load in (load_dataset, dataset_shape):
+        with pytest.raises(
+            PrivlabError,
+            match="^data.options.path must be the path to an .npz file with arrays X .* and y "
+            r".*, absolute or relative to data.root \(else to the working folder\), got None",
+        ):
+            load("npz")
     with pytest.raises(PrivlabError, match="nowhere.npz"):
         load_dataset(tmp_path / "nowhere.npz")
     np.savez(tmp_path / "bad.npz", X=np.zeros((3, 2)))
@@ -185,11 +198,89 @@ def test_csv_label_column_choices(tmp_path):
     assert last.X.tolist() == [[1], [2], [3], [4]] and last.y.tolist() == [0, 1, 2, 3]
     chosen = load_dataset(tmp_path / "nolabel.csv", label_column="a")
     assert chosen.X.tolist() == [[5], [6], [7], [8]]
-    with pytest.raises(PrivlabError, match="^label_column must be one of"):
+    with pytest.raises(PrivlabError, match="^data.options.label_column must be one of"):
         load_dataset(tmp_path / "nolabel.csv", label_column="zzz")
     frame.to_csv(tmp_path / "text.csv", index=False)
     with pytest.raises(PrivlabError, match=r"non-numeric: \['label'\]"):
         load_dataset(tmp_path / "text.csv", label_column="a")
+
+
+# ---------------------------------------------------------------------- dataset_shape
+
+
+def test_dataset_shape_of_builtin_sets_without_loading(digits):
+    assert (
+        dataset_shape("digits")
+        == (1797, (1, 8, 8), 10)
+        == (
+            len(digits),
+            digits.input_shape,
+            digits.num_classes,
+        )
+    )
+    cancer = load_dataset("breast_cancer")
+    assert dataset_shape("breast_cancer") == (len(cancer), cancer.input_shape, 2)
+    synthetic = load_dataset("synthetic", num_samples=101, dimension=5, num_classes=3)
+    assert (
+        dataset_shape("synthetic", num_samples=101, dimension=5, num_classes=3)
+        == (
+            101,
+            (5,),
+            3,
+        )
+        == (len(synthetic), synthetic.input_shape, synthetic.num_classes)
+    )
+    assert dataset_shape("synthetic", num_samples=10**9, dimension=10**6).num_samples == 10**9
+
+
+def test_dataset_shape_of_files_matches_the_loader(tmp_path):
+    np.savez_compressed(tmp_path / "a.npz", X=np.zeros((12, 2, 3), np.uint8), y=[5, 7, 9] * 4)
+    pd.DataFrame({"a": range(7), "b": range(7), "label": list("xyzxyzq")}).to_csv(
+        tmp_path / "b.csv", index=False
+    )
+    for name in ("a.npz", "b.csv"):
+        loaded = load_dataset(name, root=tmp_path)
+        shape = dataset_shape(name, root=tmp_path)
+        assert shape == (len(loaded), loaded.input_shape, loaded.num_classes)
+    assert dataset_shape(tmp_path / "b.csv", label_column="a") == (7, (2,), 7)
+    with pytest.raises(PrivlabError, match="^data.options.label_column must be one of"):
+        dataset_shape(tmp_path / "b.csv", label_column="c")
+
+
+def test_npz_shape_reads_only_the_header_of_X(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 32)}
+    )
+    labels = io.BytesIO()
+    np.save(labels, np.arange(10**6) % 3)
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as archive:
+        archive.writestr("X.npy", header.getvalue())  # a header and no data
+        archive.writestr("y.npy", labels.getvalue())
+    assert dataset_shape(tmp_path / "big.npz") == (10**6, (32,), 3)
+    np.savez(tmp_path / "short.npz", X=np.zeros((3, 2)), y=np.zeros(2))
+    with pytest.raises(PrivlabError, match="N = len"):
+        dataset_shape(tmp_path / "short.npz")
+    np.savez(tmp_path / "bad.npz", X=np.zeros((3, 2)))
+    with pytest.raises(PrivlabError, match=r"missing array\(s\) \['y'\]"):
+        dataset_shape(tmp_path / "bad.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(PrivlabError, match="not an .npz archive"):
+        dataset_shape(tmp_path / "text.npz")
+
+
+def test_dataset_shape_of_torchvision_sets_needs_no_files(tmp_path):
+    assert dataset_shape("mnist", root=tmp_path) == (60000, (1, 28, 28), 10)
+    assert dataset_shape("cifar10", root=tmp_path, split="test") == (10000, (3, 32, 32), 10)
+    with pytest.raises(PrivlabError, match="needs root="):
+        dataset_shape("fashion_mnist")
+    with pytest.raises(PrivlabError, match="^data.options.split must be"):
+        dataset_shape("mnist", root=tmp_path, split="val")
+
+
+def test_dataset_shape_loads_a_dataset_registered_without_one(monkeypatch, digits):
+    monkeypatch.setitem(datasets._entries, "tiny", lambda: digits)
+    assert dataset_shape("tiny") == (1797, (1, 8, 8), 10)
 
 
 # ------------------------------------------------------------------------ torchvision
@@ -238,7 +329,7 @@ def test_torchvision_images_become_nchw_in_unit_range(monkeypatch, tmp_path):
     _fake_torchvision(monkeypatch, np.zeros((2, 28, 28), dtype=np.uint8))
     mnist = load_dataset("fashion_mnist", root=tmp_path, split="test")
     assert mnist.input_shape == (1, 28, 28) and mnist.X.max() == 0.0
-    with pytest.raises(PrivlabError, match="^split must be 'train' or 'test'"):
+    with pytest.raises(PrivlabError, match="^data.options.split must be 'train' or 'test'"):
         load_dataset("mnist", root=tmp_path, split="val")
 
 

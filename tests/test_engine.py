@@ -8,8 +8,11 @@ import pytest
 import torch
 from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
-from privlab.engine import LocalTraining
+from privlab.data import make_federated
+from privlab.engine import ENGINES, LocalTraining
 from privlab.mechanisms import DPSGD, EpidemicLearning
+from privlab.models import build_model
+from privlab.topology import build_topology
 from privlab.training import SGDConfig
 
 TOLERANCE = 1e-5
@@ -58,6 +61,48 @@ def test_vectorized_equals_loop_on_baselines(engine_factory, protocol, topology,
         assert torch.allclose(vec_metrics[name], loop_metrics[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("scheme", "batch_size", "model", "options"),
+    [
+        ("dirichlet", 24, "mlp", {"hidden": [16]}),
+        ("iid", 1000, "mlp", {"hidden": [16]}),
+        ("dirichlet", 24, "cnn", {"channels": [4], "groups": 2}),
+    ],
+    ids=["dirichlet-mlp", "batch-over-data", "dirichlet-cnn"],
+)
+def test_nodes_smaller_than_the_batch_agree_on_both_engines(scheme, batch_size, model, options):
+    data = make_federated("digits", 16, scheme, alpha=0.1, seed=1)
+    sizes = data.node_sizes()
+    assert sizes.min() < batch_size  # some nodes train on their whole data
+    training = LocalTraining(
+        batch_size=batch_size, local_steps=2, sgd=SGDConfig(lr=0.1, momentum=0.9)
+    )
+    engines = []
+    for kind in ("vectorized", "loop"):
+        torch.manual_seed(0)
+        net = build_model(model, data.dataset.input_shape, 10, **options)
+        topology = build_topology("regular", 16, seed=0, degree=4)
+        engines.append(ENGINES[kind](net, data, topology, DPSGD(), training, seed=0))
+    vec, loop = engines
+    batch = vec._batch(0, 0)
+    assert batch.weights is not None and batch.indices.shape[1] == min(batch_size, sizes.max())
+    reports = [[e.run_round(t) for t in range(3)] for e in engines]
+    assert (vec.params - vec.initial_state).abs().max() > 0.01
+    assert (vec.params - loop.params).abs().max() < TOLERANCE
+    for a, b in zip(*reports):
+        assert torch.allclose(a.batch_loss, b.batch_loss, atol=1e-5)
+
+
+def test_evaluation_in_small_blocks_equals_one_block(engine_factory):
+    engine = engine_factory("vectorized", DPSGD())
+    engine.run_round(0)
+    whole = engine.evaluate()
+    engine._eval_budget = 1  # one node on one sample per block
+    blocks = engine.evaluate()
+    assert torch.equal(whole["test_accuracy"], blocks["test_accuracy"])
+    assert torch.allclose(whole["train_loss"], blocks["train_loss"], atol=1e-6)
+
+
 def test_vmap_path_for_cnn_equals_loop(engine_factory):
     (vec, loop), _ = run_both(
         engine_factory,
@@ -87,7 +132,8 @@ def test_dpsgd_round_is_w_times_trained_models(engine_factory):
     engine = engine_factory("vectorized", DPSGD())
     before = engine.params.clone()
     batch = engine._batch(0, 0)
-    grads, _ = engine._gradient(before, engine.X[batch], engine.y[batch])
+    assert batch.weights is None  # every node has more samples than the batch
+    grads, _ = engine._gradient(before, engine.X[batch.indices], engine.y[batch.indices])
     engine.run_round(0)
     mixing = engine.topology.plan(0).mixing_matrix("dense")
     expected = mixing @ (before - 0.1 * grads)

@@ -123,23 +123,58 @@ def test_sample_batches_draws_from_each_nodes_own_data():
     padded = torch.tensor([[0, 1, 2, 3, 4, 5], [10, 11, -1, -1, -1, -1], [20, 21, 22, 23, -1, -1]])
     sizes = torch.tensor([6, 2, 4])
     batch = sample_batches(padded, sizes, 4, torch.Generator().manual_seed(0))
-    assert batch.shape == (3, 4)
-    assert set(batch[0].tolist()) <= set(range(6)) and len(set(batch[0].tolist())) == 4
-    assert set(batch[1].tolist()) == {10, 11}  # fewer samples than the batch: repeats
-    assert sorted(batch[2].tolist()) == [20, 21, 22, 23]
+    assert batch.indices.shape == batch.weights.shape == (3, 4)
+    assert set(batch.indices[0].tolist()) <= set(range(6))
+    assert len(set(batch.indices[0].tolist())) == 4
+    assert sorted(batch.indices[1, :2].tolist()) == [10, 11]  # fewer samples than the batch
+    assert batch.weights[1].tolist() == [0.5, 0.5, 0.0, 0.0]  # padding has weight 0
+    assert sorted(batch.indices[2].tolist()) == [20, 21, 22, 23]
+    assert torch.allclose(batch.weights[[0, 2]], torch.full((2, 4), 0.25))
     counts = torch.zeros(6)
     generator = torch.Generator().manual_seed(1)
     for _ in range(3000):
-        counts += torch.bincount(sample_batches(padded, sizes, 2, generator)[0], minlength=6)
+        draw = sample_batches(padded, sizes, 2, generator)
+        assert draw.weights is None  # every node has at least 2 samples: no mask
+        counts += torch.bincount(draw.indices[0], minlength=6)
     assert torch.allclose(counts / counts.sum(), torch.full((6,), 1 / 6), atol=0.01)
 
 
-def test_small_nodes_fill_their_batches_uniformly():
-    padded, sizes = torch.tensor([[10, 11, 12]]), torch.tensor([3])
+def test_a_batch_larger_than_the_data_is_the_whole_data_once():
+    padded = torch.tensor([[10, 11, 12, -1, -1], [20, 21, 22, 23, 24]])
+    sizes = torch.tensor([3, 5])
     generator = torch.Generator().manual_seed(2)
-    counts = torch.zeros(13)
-    for _ in range(3000):
-        batch = sample_batches(padded, sizes, 5, generator)[0]
-        assert set(batch.tolist()) == {10, 11, 12}
-        counts += torch.bincount(batch, minlength=13)
-    assert torch.allclose(counts[10:] / counts.sum(), torch.full((3,), 1 / 3), atol=0.01)
+    for batch_size in (4, 5, 10**12):
+        batch = sample_batches(padded, sizes, batch_size, generator)
+        assert batch.indices.shape == (2, min(batch_size, 5))  # never wider than the data
+        real = batch.weights > 0
+        assert sorted(batch.indices[0][real[0]].tolist()) == [10, 11, 12]  # each sample once
+        assert real.sum(dim=1).tolist() == [3, min(batch_size, 5)]
+        assert torch.allclose(batch.weights.sum(dim=1), torch.ones(2))
+        assert set(batch.indices[0].tolist()) <= {10, 11, 12}  # padding reads a real sample
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_weighted_gradients_equal_autograd_on_the_real_samples_only(model_name):
+    torch.manual_seed(0)
+    options = {"hidden": [12]} if model_name == "mlp" else {"channels": [4], "groups": 2}
+    model = build_model(model_name, (1, 8, 8), 10, **options)
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model).repeat(3, 1) + 0.05 * torch.randn(3, spec.dim)
+    x, y = torch.rand(3, 6, 1, 8, 8), torch.randint(0, 10, (3, 6))
+    real = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    weights = real / real.sum(dim=1, keepdim=True)
+    x[~real] = 1e3  # padding content must not matter
+    expected = [
+        per_node_autograd(
+            model, spec, params[i : i + 1], x[i : i + 1, real[i]], y[i : i + 1, real[i]]
+        )
+        for i in range(3)
+    ]
+    paths = [VmapGrad(model, spec)]
+    if model_name == "mlp":
+        paths.append(BatchedSequentialGrad(model, spec))
+    for path in paths:
+        grads, losses = path(params, x, y, weights)
+        for i, (grad, loss) in enumerate(expected):
+            assert torch.allclose(grads[i], grad[0], atol=1e-5)
+            assert torch.allclose(losses[i], loss[0], atol=1e-5)

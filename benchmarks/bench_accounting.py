@@ -5,8 +5,10 @@ timed in the same run, interleaved rep by rep (so machine noise hits all alike),
 cold start (privlab's caches are cleared before each rep). Prints a table of medians and
 ratios to the anchors; ``--json FILE`` writes the same numbers. Accuracy of the PLDs is
 checked against a fine (dv = 1e-5) privlab PLD computed once, outside the timings.
+``--threads N|auto`` sets torch's threads as ``privlab --threads`` does (default:
+``PRIVLAB_THREADS``, else auto); the count used heads the table and is in the JSON.
 
-    python benchmarks/bench_accounting.py [--reps 7] [--json FILE]
+    python benchmarks/bench_accounting.py [--reps 7] [--threads N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from privlab.threads import configure_threads, prepare_environment, thread_report
 
 SIGMA, Q, STEPS, DELTA = 1.1, 256 / 60000, 10_000, 1e-5
 
@@ -90,8 +94,12 @@ VARIANTS: dict[str, Callable[[], float]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions (default 7)")
+    parser.add_argument("--threads", help="torch threads: N >= 1 or auto (default: as privlab)")
     parser.add_argument("--json", type=Path, help="write the results to this JSON file")
     args = parser.parse_args(argv)
+    prepare_environment()
+    configure_threads(args.threads)
+    threads = thread_report()
 
     available = {}
     for name, fn in VARIANTS.items():
@@ -128,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nDP-SGD sigma={SIGMA}, q=256/60000, T={STEPS}, delta={DELTA}; "
-        f"{args.reps} interleaved reps, cold caches; fine PLD (dv=1e-5) epsilon {fine:.6f}"
+        f"{args.reps} interleaved reps, cold caches; fine PLD (dv=1e-5) epsilon {fine:.6f}; "
+        f"torch threads {threads['threads']} ({threads['chosen_by']})"
     )
     print(
         f"{'variant':<30}{'epsilon':>12}{'median ms':>12}{'min ms':>9}{'max ms':>9}{'ratio':>8}  vs"
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": {
                         "platform": platform.platform(),
                         "python": platform.python_version(),
+                        "threads": threads,
                     },
                     "fine_pld_epsilon": fine,
                     "results": rows,

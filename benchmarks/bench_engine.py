@@ -4,7 +4,9 @@ MLP 64-32-10 on digits, batch 16 per node, a random 4-regular graph with
 Metropolis-Hastings weights; n in 16, 64, 256, 1024 nodes. The two engines start from
 the same state and are timed interleaved, rep by rep, so machine drift hits both alike.
 Prints a table and, with ``--json FILE``, writes the medians and
-``results[n]["speedup"]`` (loop median / vectorized median).
+``results[n]["speedup"]`` (loop median / vectorized median). ``--threads N|auto`` sets
+torch's threads as ``privlab --threads`` does (default: ``PRIVLAB_THREADS``, else auto);
+the count used heads the table and is in the JSON.
 
     python benchmarks/bench_engine.py --json benchmarks/results/engine.json
 """
@@ -19,11 +21,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from privlab.config import parse_config
-from privlab.experiment import build
-from privlab.results import versions
+from privlab.threads import configure_threads, prepare_environment, thread_report
 
 
 def config(nodes: int, engine: str) -> dict:
@@ -40,6 +39,8 @@ def config(nodes: int, engine: str) -> dict:
 
 
 def measure(nodes: int, reps: int, warmup: int) -> dict:
+    from privlab.experiment import build  # imports torch: after prepare_environment()
+
     engines = {
         name: build(parse_config(config(nodes, name))).engine for name in ("vectorized", "loop")
     }
@@ -74,11 +75,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", help="torch threads: N >= 1 or auto (default: as privlab)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    prepare_environment()
+    configure_threads(args.threads)
+    threads = thread_report()
     results = {}
+    print(f"torch threads: {threads['threads']} ({threads['chosen_by']})")
     print(f"{'n':>6} {'loop ms':>10} {'vectorized ms':>14} {'speedup':>8} {'max |diff|':>11}")
     for n in args.sizes:
         reps = args.reps if n < 1024 else max(5, args.reps // 3)
@@ -89,6 +93,8 @@ def main() -> None:
             f"{r['speedup']:>8.1f} {r['max_abs_param_diff']:>11.2e}"
         )
     if args.json:
+        from privlab.results import versions
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "benchmark": "one D-PSGD round, MLP 64-32-10, digits, batch 16, 4-regular",
@@ -96,7 +102,7 @@ def main() -> None:
                 "platform": platform.platform(),
                 "processor": platform.processor(),
                 "cpus": os.cpu_count(),
-                "threads": args.threads,
+                "threads": threads,
                 "load_average": os.getloadavg(),
             },
             "versions": versions(),

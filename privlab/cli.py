@@ -18,10 +18,13 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
-from privlab.accounting.cli import add_budget_parser
-from privlab.errors import PrivlabError, check
-from privlab.results import FILES, LEGACY_OBSERVATIONS, privlab_version
-from privlab.threads import configure_threads
+from privlab.threads import configure_threads, prepare_environment
+
+prepare_environment()  # OMP_WAIT_POLICY must be set before anything loads torch
+
+from privlab.accounting.cli import add_budget_parser  # noqa: E402
+from privlab.errors import PrivlabError, check  # noqa: E402
+from privlab.results import FILES, LEGACY_OBSERVATIONS, privlab_version  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3

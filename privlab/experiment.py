@@ -33,6 +33,7 @@ from privlab.resources import check_fits, estimate
 from privlab.results import METRIC_COLUMNS, OBSERVATIONS_DIR, Results, versions
 from privlab.rng import derive_seed
 from privlab.state import ParamSpec
+from privlab.threads import thread_report
 from privlab.topology import StaticTopology, Topology, build_topology
 from privlab.training import SGDConfig
 
@@ -262,6 +263,7 @@ def _summary(
         "parameters": experiment.engine.spec.dim,
         "total_bytes": int(metrics[metrics.metric == "bytes_sent"]["value"].sum()),
         "wall_time_s": round(wall_time, 3),
+        "threads": thread_report(),
         "versions": versions(),
     }
     if not final.empty:

@@ -195,9 +195,10 @@ class ObservationLog:
     """Everything the threat model's parties received, round by round.
 
     Observations are buffered in memory and written as a chunk file whenever the buffer
-    exceeds ``chunk_bytes``: into ``directory`` (cleared of an earlier log's files), or,
-    when None, into a private temporary folder created at the first spill and removed with
-    the log. ``observations`` is a lazy sequence over the chunks and the buffer.
+    exceeds ``chunk_bytes``: into ``directory`` (cleared of an earlier log's files at the
+    first write, so building a run writes nothing), or, when None, into a private
+    temporary folder created at the first spill and removed with the log.
+    ``observations`` is a lazy sequence over the chunks and the buffer.
     """
 
     def __init__(
@@ -218,9 +219,7 @@ class ObservationLog:
         self._buffer: list[Observation] = []
         self._buffer_bytes = 0
         self._cache: tuple[str, list[Observation]] | None = None
-        if self._directory is not None:
-            _clear(self._directory)
-            self._write_header(self._directory, self._chunks)
+        self._prepared = False  # the folder is cleared at the first write, not before
         for observation in observations:
             self.append(observation)
 
@@ -296,7 +295,7 @@ class ObservationLog:
             else:
                 dropped.append(chunk)
         self._chunks, self._cache = kept, None
-        if self._directory is not None:
+        if self._prepared:
             self._write_header(self._directory, kept)
         for chunk in dropped:
             (self._directory / chunk.file).unlink()
@@ -308,6 +307,7 @@ class ObservationLog:
         """
         target = Path(folder)
         if self._directory is not None and target.resolve() == self._directory.resolve():
+            self._prepare()
             self.flush()
             self._write_header(target, self._chunks)
             return
@@ -329,7 +329,7 @@ class ObservationLog:
         if header["format"] != FORMAT:
             raise PrivlabError(f"{path}: observation log format {header['format']} unknown")
         log = cls(ThreatModel.from_dict(header["threat_model"]), header["num_nodes"], header["dim"])
-        log._directory = path
+        log._directory, log._prepared = path, True
         log._chunks = [_Chunk(**c) for c in header["chunks"]]
         return log
 
@@ -343,12 +343,21 @@ class ObservationLog:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _spill(self) -> None:
-        if not self._buffer:
+    def _prepare(self) -> None:
+        """Create the log's folder (a private temporary one when it has none), removing
+        what an earlier log left there; nothing is written before the first spill."""
+        if self._prepared:
             return
         if self._directory is None:
             self._tempdir = tempfile.TemporaryDirectory(prefix="privlab-observations-")
             self._directory = Path(self._tempdir.name)
+        _clear(self._directory)
+        self._prepared = True
+
+    def _spill(self) -> None:
+        if not self._buffer:
+            return
+        self._prepare()
         path = self._directory / self._next_chunk_name()
         self._chunks.append(_Chunk.write(path, self._buffer))
         self._buffer, self._buffer_bytes = [], 0

@@ -4,10 +4,12 @@
 activations, evaluation blocks, topology, observer buffer, metrics table) from shapes
 alone: the dataset's size comes from ``privlab.data.dataset_shape`` and the model's from
 building it on the meta device, so even a config that could never run is estimated in
-milliseconds. ``check_fits`` refuses a run whose estimate exceeds ``FRACTION`` of
-``available_memory()`` with one line naming the largest part and the config field to
-change. The figures are approximate (within a factor of about 2 of the measured peak)
-and err on the high side: temporaries of different phases are added up.
+milliseconds (a model outside the Linear/activation family runs one meta forward pass,
+whose first call in a process sets torch up for a few seconds). ``check_fits`` refuses
+a run whose estimate exceeds ``FRACTION`` of ``available_memory()`` with one line naming
+the largest part and the config field to change. The figures are approximate (within a
+factor of about 2 of the measured peak) and err on the high side: temporaries of
+different phases are added up.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ allocations the estimate does not see."""
 
 FLOAT = 4  # bytes of a float32 value
 RUNTIME_BYTES = 64 * 2**20
-"""Libraries loaded while building and running (scikit-learn, networkx, ...) and the
-allocator's slack: measured once over a plain ``import privlab``."""
+"""Libraries loaded while building and running and the allocator's slack (measured:
+scikit-learn's datasets alone take 65 MiB over ``import privlab.experiment``)."""
 LOOP_MODEL_BYTES = 64 * 2**10
 """Python and torch overhead of one ``nn.Module`` plus its optimizer (measured)."""
 METRIC_ROW_BYTES = 250
@@ -99,7 +101,7 @@ def estimate(config: ExperimentConfig) -> Estimate:
         run.topology(),
         run.observer_buffer(),
         run.metrics_table(),
-        ("runtime", RUNTIME_BYTES, "libraries loaded on demand", "nothing"),
+        ("runtime", RUNTIME_BYTES, "of libraries loaded on demand", "other processes' memory"),
     ]
     if c.engine == "loop":
         parts.append(run.loop_models())
@@ -254,7 +256,9 @@ class _Run:
             and largest.shape[1] == self.features > largest.shape[0]
             and 2 * largest.numel() >= self.dim
         ):
-            input_field = "data.options.dimension" if c.data.dataset == "synthetic" else "data.dataset"
+            input_field = (
+                "data.options.dimension" if c.data.dataset == "synthetic" else "data.dataset"
+            )
             remedy = f"{input_field}, {remedy}"
         return remedy
 
@@ -309,7 +313,7 @@ def available_memory(*, proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs
     return _sysconf_memory() or sys.maxsize
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d*)?)\s*([kmgtp]?)(?:i?b)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -320,7 +324,7 @@ def parse_size(text: str) -> int:
             f"{ENV} must be a positive number of bytes, optionally with a suffix K, M, G or T "
             f"(powers of 1024), e.g. 8G, got {text!r}"
         )
-    return int(float(match[1]) * 1024 ** " kmgtp".index(match[2].lower() or " "))
+    return int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " "))
 
 
 def format_size(size: float) -> str:

@@ -1,32 +1,36 @@
 """How many CPU threads torch uses: ``--threads`` > ``PRIVLAB_THREADS`` > an automatic choice.
 
 privlab's workloads are many small tensor operations, each an OpenMP parallel region.
-When a core is taken by another process, every region waits for a descheduled worker,
-and with OpenMP's default wait policy the waiting threads spin, taking the CPU the
-worker needs. ``benchmarks/bench_threads.py`` (``privlab run default``, 2 cores, median
-``wall_time_s``) measured:
+When another process takes a core, every region waits for a descheduled worker, and
+under OpenMP's default wait policy the waiting threads spin on the CPU that worker
+needs. ``benchmarks/bench_threads.py`` measured ``privlab run default`` (median
+``wall_time_s``, 3 runs, 2 cores; the "idle" machine still ran other users' jobs, load
+1.0 to 3.2, as a shared machine does):
 
-==================  =======  =================  ================
-setting             idle     torch job running  one busy loop
-==================  =======  =================  ================
-1 thread            0.34 s   0.52 s             0.79 s
-2 threads           6.2 s    1.6 s              10.2 s
-2, PASSIVE wait     0.43 s   0.67 s             0.76 s
-==================  =======  =================  ================
+===================  ==============  ==============  =============  =================
+setting              "idle"          torch job       one busy loop  "idle", 256 nodes
+===================  ==============  ==============  =============  =================
+1 thread             0.29 - 0.33 s   0.82 s          0.27 s         2.3 s
+2 threads            0.28 - 14.9 s   26.2 s          1.75 s         10.4 s
+2, PASSIVE wait      0.33 - 0.41 s   0.89 s          0.43 s         2.8 s
+auto (1, PASSIVE)    0.24 s          0.75 s          0.36 s         2.3 s
+===================  ==============  ==============  =============  =================
 
-("idle" had other users' short jobs, as a shared machine has; a run with 2 threads on
-a moment of a truly idle machine took 0.29 s.) So two threads gain nothing here even
-when idle, and cost up to 30x under load; a passive wait policy bounds that cost to
-about 1.3x. Hence the automatic choice: one thread per core that neither the recent
-load nor the tasks runnable now occupy, rounded down, at most ``MAX_AUTO_THREADS``:
-on a 2-core machine that is 1 unless the machine is completely idle. The CLI calls
-``prepare_environment()`` before importing torch, so extra threads wait passively.
+Two threads never beat one here beyond noise (best runs 0.26 s against 0.21 s); at a
+quiet moment (README, Speed) they made one vectorized round at most 1.5x faster. They
+cost up to 50x whenever anything else ran; a passive wait policy bounds that cost to
+1.1 - 1.6x. Hence the automatic choice leaves one core to the rest of the system and
+takes the cores neither the recent load nor the tasks runnable now occupy, at most
+``MAX_AUTO_THREADS`` (a bound, not a measurement: only 2 cores were available), so 1 on
+a 2-core machine. The ``privlab`` command calls ``prepare_environment()`` before
+anything imports torch, so any extra threads wait passively.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 from privlab.errors import check, is_integer
@@ -38,10 +42,13 @@ _VALID = "an integer >= 1 or auto"
 _chosen_by: str | None = None  # how the last configure_threads chose, for thread_report
 
 
-def prepare_environment() -> None:
-    """Make idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``),
-    unless the user set a policy. Acts only if called before ``import torch``."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def prepare_environment() -> bool:
+    """Make idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) unless
+    the user chose a policy. OpenMP reads it once, as torch loads: after ``import torch``
+    this does nothing. Returns whether the policy is now PASSIVE."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
 def parse_threads(value: int | str, field: str) -> int | None:
@@ -83,8 +90,9 @@ def machine_load() -> float:
 
 
 def auto_threads(load: float, cores: int) -> int:
-    """Cores left free by ``load``, rounded down, between 1 and ``MAX_AUTO_THREADS``."""
-    return max(1, min(MAX_AUTO_THREADS, math.floor(cores - load)))
+    """Cores neither ``load`` nor the rest of the system (one core) occupy, rounded down,
+    between 1 and ``MAX_AUTO_THREADS``."""
+    return max(1, min(MAX_AUTO_THREADS, math.floor(cores - 1 - load)))
 
 
 def _resolve(requested: int | str | None) -> tuple[int, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,16 +98,30 @@ def test_auto_is_one_when_tasks_are_runnable_now(monkeypatch):
 
 
 def test_auto_uses_free_cores_on_an_idle_machine(monkeypatch):
-    fake_machine(monkeypatch, load=0.1, cores=3)
+    fake_machine(monkeypatch, load=0.1, cores=4)
     assert threads.resolve_threads() == 2
+    fake_machine(monkeypatch, load=0.0, cores=2)  # one core left to the system
+    assert threads.resolve_threads() == 1
     fake_machine(monkeypatch, load=0.0, cores=64)
     assert threads.resolve_threads() == threads.MAX_AUTO_THREADS
 
 
-def test_prepare_environment_keeps_user_choice(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    threads.prepare_environment()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    threads.prepare_environment()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+def run_python(code: str, **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    done = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True)
+    return done.stdout.decode().strip()
+
+
+PREPARE = (
+    "import os\nfrom privlab.threads import prepare_environment\n"
+    "print(prepare_environment(), os.environ.get('OMP_WAIT_POLICY'))"
+)
+
+
+def test_prepare_environment_sets_passive_before_torch():
+    assert run_python(PREPARE) == "True PASSIVE"
+    assert run_python(PREPARE, OMP_WAIT_POLICY="ACTIVE") == "False ACTIVE"  # the user's choice
+
+
+def test_prepare_environment_does_nothing_after_torch():
+    assert run_python("import torch\n" + PREPARE) == "False None"

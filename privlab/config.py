@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from privlab.errors import PrivlabError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
-"""A run name is a name, not a path: letters, digits and ``._+-``, at most 100 characters."""
 
 
 class _Section(BaseModel):
@@ -96,7 +100,7 @@ class ExperimentConfig(_Section):
     4 local SGD steps (lr 0.1, momentum 0.9, batch 16).
     """
 
-    name: str = Field("", pattern=NAME_PATTERN + "|^$")
+    name: str = ""
     seed: int = Field(0, ge=0, lt=2**63)
     nodes: int = Field(16, ge=2)
     rounds: int = Field(30, ge=1)
@@ -108,6 +112,19 @@ class ExperimentConfig(_Section):
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     observer: ObserverConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, name: str) -> str:
+        """A run name becomes a folder name: 1 to 100 characters, no ``/``, ``\\`` or
+        control characters, not ``.`` or ``..``, not starting with ``-``."""
+        path_like = name in (".", "..") or name.startswith("-")
+        if len(name) > 100 or path_like or any(c in "/\\" or ord(c) < 32 for c in name):
+            raise ValueError(
+                "name must be a name, not a path (no '/' or '\\', not '.' or '..', "
+                f"no leading '-'), at most 100 characters, got {_short(name)}"
+            )
+        return name
 
     @model_validator(mode="after")
     def _observed_rounds_exist(self) -> ExperimentConfig:
@@ -277,11 +294,8 @@ def _first_error(error: ValidationError) -> str:
     kind = detail["type"]
     if kind == "extra_forbidden":
         return f"unknown config key {field!r}"
-    if kind == "value_error" and not detail["loc"]:  # a check across fields, already worded
+    if kind == "value_error":  # privlab's own checks, worded with the field and range
         return str(detail["ctx"]["error"])
-    if kind == "string_pattern_mismatch" and field == "name":
-        message = "must be a name of letters, digits and ._+- (no '/'), at most 100 long"
-        return f"name {message}, got {_short(detail.get('input'))}"
     message = detail["msg"][0].lower() + detail["msg"][1:]
     return f"{field}: {message}, got {_short(detail.get('input'))}"
 

@@ -29,6 +29,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+MAX_WIDTH = 2**24
+"""Largest layer width or channel count: wider layers overflow torch's size arithmetic."""
+
+
 def available_models() -> list[str]:
     """Names accepted by :func:`build_model`."""
     return models.names()
@@ -108,8 +112,8 @@ def _is_int(value: object, minimum: int) -> bool:
 
 def _widths(value: object, field: str) -> tuple[int, ...]:
     ok = isinstance(value, Sequence) and not isinstance(value, str)
-    ok = ok and all(_is_int(w, 1) for w in value)
-    check(ok, field, "a sequence of integers >= 1", value)
+    ok = ok and all(_is_int(w, 1) and w <= MAX_WIDTH for w in value)
+    check(ok, field, f"a sequence of integers in [1, {MAX_WIDTH}]", value)
     return tuple(int(w) for w in value)
 
 
@@ -128,9 +132,8 @@ def _mlp(
 ) -> nn.Module:
     """Flatten -> (Linear -> activation) per hidden width -> Linear, as one flat Sequential."""
     widths = _widths(hidden, "model.hidden")
-    check(
-        activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation
-    )
+    ok = isinstance(activation, str) and activation in ACTIVATIONS
+    check(ok, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = math.prod(input_shape)
     for width in widths:

@@ -57,8 +57,6 @@ PARTITION_BYTES = 40
 """Temporary bytes per sample while the partition is drawn (keys, permutations)."""
 SAMPLING_BYTES = 21
 """Temporary bytes per padded index when a batch is drawn (key, argsort, mask)."""
-DIRICHLET_SKEW = 4
-"""Assumed ratio of the largest to the mean node size under a Dirichlet partition."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +143,19 @@ class _Run:
         mean = math.ceil(self.train / self.n)
         if c.data.partition == "shards":
             mean += c.data.shards_per_node
-        skew = DIRICHLET_SKEW if c.data.partition == "dirichlet" else 1
-        self.node_size = min(self.train, mean * skew)  # the largest node's samples
+        self.node_size = min(self.train, math.ceil(mean * self._skew()))  # largest node
         synthetic = c.data.dataset == "synthetic"
         self.data_fields = (
             "data.options.num_samples or data.options.dimension" if synthetic else "data.dataset"
         )
+
+    def _skew(self) -> float:
+        """Largest over mean node size. Under Dirichlet(alpha) shares the largest of n
+        shares is about ``ln(n) / (n alpha)`` (the largest of n Gamma(alpha) draws over
+        their sum), so the largest node may hold ``ln(n) / alpha`` times the mean."""
+        if self.config.data.partition != "dirichlet":
+            return 1.0
+        return min(self.n, max(1.0, math.log(self.n) / self.config.data.alpha))
 
     def dataset(self) -> tuple[str, int, str, str]:
         values = self.data.num_samples * self.features

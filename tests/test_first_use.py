@@ -73,7 +73,7 @@ def test_the_run_name_follows_what_was_run():
         (["data.alpha=.inf"], "data.alpha: input should be a finite number"),
         (["rounds=true"], "rounds: input should be a valid integer, got True"),
         (["nodes=6.0"], "nodes: input should be a valid integer"),
-        (["name=a/../../b"], "name must be a name of letters"),
+        (["name=a/../../b"], "name must be a name, not a path"),
         (["name=.."], "name must be a name"),
         (["topology.degree=9"], "topology.degree"),
         (["topology.name=erdos_renyi", "topology.p=2"], "topology.p must be in (0, 1]"),

@@ -73,7 +73,9 @@ values = st.one_of(
     st.lists(st.lists(st.integers(-3, 40), max_size=3), max_size=3),
     st.dictionaries(st.text(max_size=5), scalars, max_size=2),
 )
-raw_text = st.sampled_from(["[1,", "{a: 1", "- 1", ": :", "\u00e9\u00e8", "a: b: c", "!!python/none"])
+raw_text = st.sampled_from(
+    ["[1,", "{a: 1", "- 1", ": :", "\u00e9\u00e8", "a: b: c", "!!python/none"]
+)
 overrides = st.lists(
     st.tuples(
         st.sampled_from(KEYS),

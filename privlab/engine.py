@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privlab.data import FederatedData
 from privlab.errors import check
 from privlab.models import activation_sizes
+from privlab.partition import FederatedData
 from privlab.protocol import Messages, Observer, Protocol
 from privlab.rng import torch_generator
 from privlab.state import ParamSpec

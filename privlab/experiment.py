@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig
-from privlab.data import FederatedData, make_federated
+from privlab.data import make_federated
 from privlab.engine import ENGINES, Engine, LocalTraining
 from privlab.errors import PrivlabError, fields_named
 from privlab.models import build_model
+from privlab.partition import FederatedData
 from privlab.protocol import PROTOCOLS, Observer, Protocol, threat_model_from
 from privlab.resources import check_fits, estimate
 from privlab.results import METRIC_COLUMNS, OBSERVATIONS_DIR, Results, versions

@@ -119,11 +119,12 @@ def test_ctrl_c_finishes_the_round_in_flight_and_keeps_everything(tmp_path, monk
     )
     interrupt_in_send(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGINT))
     out = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
     assert main(["run", config, "--out", str(out), "--quiet"]) == 130
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["completed_rounds"] == 3
     pd.testing.assert_frame_equal(final_metrics(out), final_metrics(tmp_path / "clean"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # restored
 
 
 def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatch):

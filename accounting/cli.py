@@ -1,6 +1,6 @@
 """``privlab budget``: privacy budgets from the command line.
 
-``privlab budget dpsgd --noise-multiplier S --sample-rate Q --steps T --delta D``
+``privlab budget dp-sgd --noise-multiplier S --sample-rate Q --steps T --delta D``
 prints epsilon (and the optimal Renyi order with the RDP accountant); with
 ``--target-epsilon E`` instead of ``--noise-multiplier`` it prints the smallest noise
 multiplier meeting the target. ``gaussian`` is the same without subsampling and ``rgm``
@@ -29,6 +29,7 @@ from privlab.accounting.events import (
 )
 from privlab.accounting.rdp_accountant import RDPAccountant
 from privlab.accounting.relative_gaussian import max_order
+from privlab.errors import PrivlabError
 from privlab.jsonio import dumps
 
 __all__ = ["add_budget_parser", "run_budget"]
@@ -87,7 +88,7 @@ def _noise_or_target(p: argparse.ArgumentParser, noise_help: str) -> None:
 
 
 def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``budget`` (with ``dpsgd``, ``gaussian``, ``rgm``) to the ``privlab`` command."""
+    """Add ``budget`` (with ``dp-sgd``, ``gaussian``, ``rgm``) to the ``privlab`` command."""
     budget = subparsers.add_parser(
         "budget",
         help="privacy budget (epsilon) of DP-SGD, the Gaussian mechanism, the RGM",
@@ -97,14 +98,17 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
         dest="budget_command",
         required=True,
         parser_class=type(budget),
-        metavar="{dpsgd,gaussian,rgm}",
+        metavar="{dp-sgd,gaussian,rgm}",
     )
-    dpsgd = sub.add_parser("dpsgd", help="DP-SGD: Poisson-subsampled Gaussian, T steps")
-    _noise_or_target(dpsgd, "noise multiplier (std / clipping norm)")
-    dpsgd.add_argument(
+    dp_sgd = sub.add_parser("dp-sgd", help="DP-SGD: Poisson-subsampled Gaussian, T steps")
+    _noise_or_target(dp_sgd, "noise multiplier (std / clipping norm)")
+    dp_sgd.add_argument(
         "--sample-rate", type=float, required=True, help="Poisson sampling rate q, in (0, 1]"
     )
-    _common(dpsgd, None, accountant=True)
+    _common(dp_sgd, None, accountant=True)
+    retired = sub.add_parser("dpsgd", add_help=False, prefix_chars="+")  # old name: an error
+    retired.add_argument("ignored", nargs=argparse.REMAINDER)
+    retired.set_defaults(func=_renamed)
 
     gauss = sub.add_parser("gaussian", help="Gaussian mechanism, T releases, no sampling")
     _noise_or_target(gauss, "noise std / L2 sensitivity")
@@ -131,7 +135,14 @@ def add_budget_parser(subparsers: argparse._SubParsersAction) -> None:
     budget.set_defaults(func=run_budget)
 
 
-def _dpsgd_event(sigma: float, q: float, steps: int) -> PrivacyEvent:
+def _renamed(args: argparse.Namespace) -> int:
+    raise PrivlabError(
+        "privlab budget dpsgd is now privlab budget dp-sgd (differentially private SGD; "
+        "'d-psgd' is the decentralized training protocol)"
+    )
+
+
+def _dp_sgd_event(sigma: float, q: float, steps: int) -> PrivacyEvent:
     step: PrivacyEvent = GaussianEvent(sigma)
     if q < 1.0:
         step = PoissonSampledEvent(q, step)
@@ -163,7 +174,7 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
             max_order=max_order(args.relative_sensitivity),
         )
     q = 1.0
-    if cmd == "dpsgd":
+    if cmd == "dp-sgd":
         q = check_sample_rate(args.sample_rate)
         out["sample_rate"] = q
     out.update(steps=steps, delta=delta, accountant=name)
@@ -177,7 +188,7 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
     else:
         sigma = check_positive(args.noise_multiplier, "noise_multiplier")
         out["noise_multiplier"] = sigma
-    event = _rgm_event(args, sigma) if cmd == "rgm" else _dpsgd_event(sigma, q, steps)
+    event = _rgm_event(args, sigma) if cmd == "rgm" else _dp_sgd_event(sigma, q, steps)
     accountant = make_accountant(name)
     accountant.compose(event)
     if isinstance(accountant, RDPAccountant):

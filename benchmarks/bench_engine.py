@@ -33,7 +33,7 @@ def config(nodes: int, engine: str) -> dict:
         "data": {"dataset": "digits", "test_fraction": 0.1, "nonmember_fraction": 0.0},
         "model": {"name": "mlp", "hidden": [32]},  # 64-32-10: D = 2410
         "topology": {"name": "regular", "degree": 4},
-        "protocol": {"name": "dpsgd"},
+        "protocol": {"name": "d-psgd"},
         "training": {"lr": 0.05, "batch_size": 16},
     }
 

@@ -3,6 +3,6 @@
 Importing this package registers its protocols in ``privlab.protocol.PROTOCOLS``.
 """
 
-from privlab.mechanisms.gossip import DPSGD, EpidemicLearning
+from privlab.mechanisms.gossip import DecentralizedSGD, EpidemicLearning
 
-__all__ = ["DPSGD", "EpidemicLearning"]
+__all__ = ["DecentralizedSGD", "EpidemicLearning"]

@@ -15,16 +15,18 @@ METADATA_BYTES = 8
 """Header of a model message: the round number and the sender's degree (int32 each)."""
 
 
-@PROTOCOLS.register("dpsgd")
-class DPSGD(Protocol):
-    """Decentralized parallel SGD (Lian et al., NeurIPS 2017, Algorithm 1).
+@PROTOCOLS.register("d-psgd")
+class DecentralizedSGD(Protocol):
+    """D-PSGD, decentralized parallel SGD (Lian et al., NeurIPS 2017).
 
     Node v's new model is ``W[v, v] x_v + sum_u W[v, u] x_u`` over the plan's edges, with
     the plan's mixing weights (Metropolis-Hastings by default, so W is doubly
-    stochastic on undirected graphs).
+    stochastic on undirected graphs). The order is "train, then average",
+    ``x <- W (x - lr g(x))`` as in decentralizepy, not Lian et al.'s Algorithm 1
+    (``x <- W x - lr g(x)``); momentum buffers stay local to each node.
     """
 
-    name = "dpsgd"
+    name = "d-psgd"
 
     def __init__(self) -> None:
         self._mixing: tuple[CommPlan, torch.Tensor] | None = None
@@ -55,6 +57,11 @@ class DPSGD(Protocol):
         for sender, payload in zip(inbox.src.tolist(), inbox.payload):
             out = out + weight_of[sender] * payload
         return out
+
+
+PROTOCOLS.rename(
+    "dpsgd", "d-psgd", "decentralized parallel SGD; 'dp-sgd' is the private gradient mechanism"
+)
 
 
 @PROTOCOLS.register("epidemic")

@@ -9,7 +9,7 @@ Any invalid value becomes one ``PrivlabError`` line naming the field and the val
 Values are strict: numbers must be finite, an integer field takes no ``true`` or ``3.0``,
 a YAML mapping with the same key twice is refused. ``ExperimentConfig()`` is the one
 default experiment, the same as the packaged ``default`` config; a config without a
-``name`` is named after what it runs (``dpsgd-regular4``, ``epidemic-el-oracle4``).
+``name`` is named after what it runs (``d-psgd-regular4``, ``epidemic-el-oracle4``).
 Rounds are numbered from 1: round ``t`` is the ``t``-th round of training; ``metrics.csv``
 row ``round = 0`` is the evaluation before training.
 """
@@ -71,7 +71,7 @@ class TopologyConfig(_Component):
 
 
 class ProtocolConfig(_Component):
-    name: str = "dpsgd"
+    name: str = "d-psgd"
 
 
 class TrainingConfig(_Section):

@@ -19,8 +19,11 @@ from privlab.experiment import run
 from privlab.results import Results
 
 VARIANTS: dict[str, dict] = {
-    "dpsgd-ring": {"protocol": {"name": "dpsgd"}, "topology": {"name": "ring"}},
-    "dpsgd-regular4": {"protocol": {"name": "dpsgd"}, "topology": {"name": "regular", "degree": 4}},
+    "d-psgd-ring": {"protocol": {"name": "d-psgd"}, "topology": {"name": "ring"}},
+    "d-psgd-regular4": {
+        "protocol": {"name": "d-psgd"},
+        "topology": {"name": "regular", "degree": 4},
+    },
     "el-oracle4": {
         "protocol": {"name": "epidemic"},
         "topology": {"name": "el-oracle", "fanout": 4},

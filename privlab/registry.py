@@ -17,6 +17,13 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._renamed: dict[str, str] = {}
+
+    def rename(self, old: str, new: str, why: str = "") -> None:
+        """Make the retired name ``old`` an error that names ``new`` (and ``why``)."""
+        self._renamed[old] = f"{self.kind} {old!r} is now called {new!r}" + (
+            f" ({why})" if why else ""
+        )
 
     def register(self, name: str, *, force: bool = False) -> Callable[[T], T]:
         """Decorator registering ``name``; re-registering needs ``force=True``."""
@@ -33,6 +40,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._renamed:
+                raise PrivlabError(self._renamed[name]) from None
             raise UnknownNameError(self.kind, name, self._entries) from None
 
     def with_options(

@@ -15,7 +15,7 @@ from privlab.cli import main, packaged_config
 from privlab.config import load_config, parse_config
 from privlab.errors import PrivlabError
 from privlab.experiment import run
-from privlab.mechanisms import DPSGD
+from privlab.mechanisms import DecentralizedSGD
 from privlab.results import Results
 
 
@@ -96,14 +96,14 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 
 def interrupt_in_send(monkeypatch, at_round: int, how) -> None:
     """Make D-PSGD's send (mid-round: after local training) interrupt at ``at_round``."""
-    original = DPSGD.send
+    original = DecentralizedSGD.send
 
     def send(self, params, plan, round, rng):
         if round == at_round:
             how()
         return original(self, params, plan, round, rng)
 
-    monkeypatch.setattr(DPSGD, "send", send)
+    monkeypatch.setattr(DecentralizedSGD, "send", send)
 
 
 def final_metrics(out) -> pd.DataFrame:
@@ -159,7 +159,7 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
         ({"data": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'; valid: breast_cancer, "),
         ({"model": {"name": "resnet"}}, "unknown model 'resnet'; valid: cnn, logreg, mlp"),
         ({"topology": {"name": "star"}}, "unknown topology 'star'; valid: complete, "),
-        ({"protocol": {"name": "gossipy"}}, "unknown protocol 'gossipy'; valid: dpsgd, epidemic"),
+        ({"protocol": {"name": "gossipy"}}, "unknown protocol 'gossipy'; valid: d-psgd, epidemic"),
         ({"topology": {"name": "regular", "degree": 6}}, "degree"),
         (
             {"topology": {"name": "regular", "degree": 3}, "nodes": 5},
@@ -246,8 +246,8 @@ def test_demo_writes_its_table_and_runs(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--rounds", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "comparison.csv")
-    assert table.run.tolist() == ["dpsgd-ring", "dpsgd-regular4", "el-oracle4", "el-local4"]
-    assert (table.acc_mean > 0.1).all() and "dpsgd-ring" in printed
+    assert table.run.tolist() == ["d-psgd-ring", "d-psgd-regular4", "el-oracle4", "el-local4"]
+    assert (table.acc_mean > 0.1).all() and "d-psgd-ring" in printed
     assert (out / "comparison.png").stat().st_size > 10_000
     assert (out / "el-local4" / "summary.json").exists()
     (out / "notes.txt").write_text("mine")

@@ -10,7 +10,7 @@ from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
 from privlab.data import make_federated
 from privlab.engine import ENGINES, LocalTraining
-from privlab.mechanisms import DPSGD, EpidemicLearning
+from privlab.mechanisms import DecentralizedSGD, EpidemicLearning
 from privlab.models import build_model
 from privlab.topology import build_topology
 from privlab.training import SGDConfig
@@ -29,12 +29,12 @@ def run_both(engine_factory, protocol, rounds: int, **kwargs):
 @pytest.mark.parametrize(
     ("protocol", "topology", "options"),
     [
-        (DPSGD(), "regular", {"degree": 4}),
-        (DPSGD(), "ring", {}),
+        (DecentralizedSGD(), "regular", {"degree": 4}),
+        (DecentralizedSGD(), "ring", {}),
         (EpidemicLearning(), "el-oracle", {"fanout": 3}),
         (EpidemicLearning(), "el-local", {"fanout": 3}),
     ],
-    ids=["dpsgd-regular", "dpsgd-ring", "el-oracle", "el-local"],
+    ids=["d-psgd-regular", "d-psgd-ring", "el-oracle", "el-local"],
 )
 def test_vectorized_equals_loop_on_baselines(engine_factory, protocol, topology, options):
     training = LocalTraining(
@@ -82,7 +82,7 @@ def test_nodes_smaller_than_the_batch_agree_on_both_engines(scheme, batch_size, 
         torch.manual_seed(0)
         net = build_model(model, data.dataset.input_shape, 10, **options)
         topology = build_topology("regular", 16, seed=0, degree=4)
-        engines.append(ENGINES[kind](net, data, topology, DPSGD(), training, seed=0))
+        engines.append(ENGINES[kind](net, data, topology, DecentralizedSGD(), training, seed=0))
     vec, loop = engines
     batch = vec._batch(0, 0)
     assert batch.weights is not None and batch.indices.shape[1] == min(batch_size, sizes.max())
@@ -94,7 +94,7 @@ def test_nodes_smaller_than_the_batch_agree_on_both_engines(scheme, batch_size, 
 
 
 def test_evaluation_in_small_blocks_equals_one_block(engine_factory):
-    engine = engine_factory("vectorized", DPSGD())
+    engine = engine_factory("vectorized", DecentralizedSGD())
     engine.run_round(0)
     whole = engine.evaluate()
     engine._eval_budget = 1  # one node on one sample per block
@@ -106,7 +106,7 @@ def test_evaluation_in_small_blocks_equals_one_block(engine_factory):
 def test_vmap_path_for_cnn_equals_loop(engine_factory):
     (vec, loop), _ = run_both(
         engine_factory,
-        DPSGD(),
+        DecentralizedSGD(),
         rounds=3,
         nodes=6,
         model="cnn",
@@ -128,8 +128,8 @@ def test_contract_shapes_run_on_both_engines(engine_factory, protocol):
     assert torch.equal(vec_reports[-1].bytes_sent, loop_reports[-1].bytes_sent)
 
 
-def test_dpsgd_round_is_w_times_trained_models(engine_factory):
-    engine = engine_factory("vectorized", DPSGD())
+def test_d_psgd_round_is_w_times_trained_models(engine_factory):
+    engine = engine_factory("vectorized", DecentralizedSGD())
     before = engine.params.clone()
     batch = engine._batch(0, 0)
     assert batch.weights is None  # every node has more samples than the batch
@@ -140,8 +140,8 @@ def test_dpsgd_round_is_w_times_trained_models(engine_factory):
     assert torch.allclose(engine.params, expected, atol=1e-6)
 
 
-def test_dpsgd_on_doubly_stochastic_weights_preserves_the_mean(engine_factory):
-    engine = engine_factory("vectorized", DPSGD())
+def test_d_psgd_on_doubly_stochastic_weights_preserves_the_mean(engine_factory):
+    engine = engine_factory("vectorized", DecentralizedSGD())
     engine.run_round(0)
     trained = engine.params.clone()
     plan = engine.topology.plan(1)
@@ -171,7 +171,7 @@ def test_same_seed_same_numbers_different_seed_different(engine_factory):
 def test_training_reduces_loss_and_reaches_useful_accuracy(engine_factory):
     training = LocalTraining(batch_size=16, local_steps=4, sgd=SGDConfig(lr=0.1, momentum=0.9))
     engine = engine_factory(
-        "vectorized", DPSGD(), nodes=8, model_options={"hidden": [32]}, training=training
+        "vectorized", DecentralizedSGD(), nodes=8, model_options={"hidden": [32]}, training=training
     )
     first = engine.evaluate()
     for t in range(30):

@@ -18,7 +18,7 @@ from privlab.config import ExperimentConfig, apply_overrides, load_config, parse
 from privlab.errors import PrivlabError
 from privlab.experiment import run
 from privlab.jsonio import dumps
-from privlab.mechanisms import DPSGD
+from privlab.mechanisms import DecentralizedSGD
 from privlab.results import Results
 
 SMALL = {"nodes": 6, "rounds": 3, "eval_every": 1, "model": {"name": "mlp", "hidden": [8]}}
@@ -44,7 +44,7 @@ def test_there_is_one_default_experiment():
     packaged = load_config(packaged_config("default"))
     assert packaged == ExperimentConfig() == parse_config({})
     assert packaged.training.lr == 0.1 and packaged.training.local_steps == 4
-    assert packaged.name == "dpsgd-regular4"
+    assert packaged.name == "d-psgd-regular4"
 
 
 def test_the_default_learns_whichever_way_it_is_built():
@@ -53,7 +53,7 @@ def test_the_default_learns_whichever_way_it_is_built():
 
 
 def test_the_run_name_follows_what_was_run():
-    assert load_config(packaged_config("default"), ["topology.name=ring"]).name == "dpsgd-ring"
+    assert load_config(packaged_config("default"), ["topology.name=ring"]).name == "d-psgd-ring"
     assert load_config(packaged_config("epidemic")).name == "epidemic-el-oracle4"
     assert parse_config({"name": "mine", "topology": {"name": "ring"}}).name == "mine"
 
@@ -116,7 +116,7 @@ def test_empty_out_is_refused(tmp_path, capsys):
 
 
 def test_negative_numbers_are_values_then_rejected_by_range(capsys):
-    base = ["budget", "dpsgd", "--noise-multiplier", "1", "--sample-rate", "0.01"]
+    base = ["budget", "dp-sgd", "--noise-multiplier", "1", "--sample-rate", "0.01"]
     assert main([*base, "--steps", "10", "--delta", "-1e-5"]) == 2
     err = one_error(capsys)
     assert "delta" in err and "(0, 1)" in err and "-1e-05" in err
@@ -155,14 +155,14 @@ def test_a_huge_learning_rate_stops_the_run_with_exit_3(tmp_path, capsys):
 
 
 def test_a_diverged_run_keeps_the_rounds_before_it(tmp_path, capsys, monkeypatch):
-    original = DPSGD.send
+    original = DecentralizedSGD.send
 
     def send(self, params, plan, round, rng):
         if round == 5:
             params[2, 0] = float("inf")  # node 2's model blows up during round 5
         return original(self, params, plan, round, rng)
 
-    monkeypatch.setattr(DPSGD, "send", send)
+    monkeypatch.setattr(DecentralizedSGD, "send", send)
     out, summary = run_until_it_diverges(tmp_path, capsys, [])
     assert summary["diverged"]["round"] == 5 and summary["completed_rounds"] == 4
     assert 1 <= summary["diverged"]["nodes"] <= 6
@@ -265,7 +265,7 @@ def test_interrupted_demo_says_so(tmp_path, monkeypatch, capsys):
 
     def interrupted_run(config, progress=True):
         results = original(config, progress=progress)
-        if config.name == "dpsgd-regular4":
+        if config.name == "d-psgd-regular4":
             results.summary["interrupted"] = True
         return results
 
@@ -277,3 +277,13 @@ def test_interrupted_demo_says_so(tmp_path, monkeypatch, capsys):
 def test_bad_input_errors_are_privlab_errors():
     with pytest.raises(PrivlabError, match="observer.rounds"):
         parse_config({"observer": {"curious_nodes": [0], "rounds": [31]}})
+
+
+def test_retired_names_say_the_new_one(tmp_path, capsys):
+    """`d-psgd` is the decentralized protocol, `dp-sgd` the private gradient mechanism."""
+    args = ["run", write(tmp_path, SMALL), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main([*args, "--set", "protocol.name=dpsgd"]) == 2
+    assert "protocol 'dpsgd' is now called 'd-psgd'" in one_error(capsys)
+    assert main(["budget", "dpsgd", "--noise-multiplier", "1", "--delta", "1e-5"]) == 2
+    assert "privlab budget dpsgd is now privlab budget dp-sgd" in one_error(capsys)
+    assert parse_config({}).protocol.name == "d-psgd"

@@ -17,7 +17,17 @@ MEMORY_LIMIT = 1 << 30  # PRIVLAB_MEMORY_LIMIT for the fuzzed runs: 1 GiB
 
 NAMES = ["digits", "breast_cancer", "synthetic", "npz", "csv", "mnist", "mlp", "cnn", "logreg"]
 NAMES += ["ring", "regular", "complete", "el-oracle", "el-local", "small_world", "torus"]
-NAMES += ["erdos_renyi", "dpsgd", "epidemic", "iid", "dirichlet", "shards", "loop", "vectorized"]
+NAMES += [
+    "erdos_renyi",
+    "dpsgd",
+    "d-psgd",
+    "epidemic",
+    "iid",
+    "dirichlet",
+    "shards",
+    "loop",
+    "vectorized",
+]
 
 scalars = st.one_of(
     st.integers(min_value=-(10**12), max_value=10**12),
@@ -64,7 +74,7 @@ PLAUSIBLE = {
     "topology.fanout": st.integers(1, 12),
     "topology.p": st.floats(0, 1),
     "topology.weights": st.sampled_from(["metropolis", "uniform"]),
-    "protocol.name": st.sampled_from(["dpsgd", "epidemic"]),
+    "protocol.name": st.sampled_from(["d-psgd", "epidemic"]),
     "training.lr": st.floats(1e-6, 1e3),
     "training.momentum": st.floats(0, 0.999),
     "training.weight_decay": st.floats(0, 1),

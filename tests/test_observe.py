@@ -12,7 +12,7 @@ import torch
 from conftest import make_engine
 from toy_protocols import PseudonymousChunks
 
-from privlab.mechanisms import DPSGD
+from privlab.mechanisms import DecentralizedSGD
 from privlab.protocol import Observation, ObservationLog, Observer, threat_model_from
 
 CHUNK = 100_000
@@ -43,7 +43,9 @@ class Tee:
         self.peak_bytes = max(self.peak_bytes, self.observers[1].log.memory_bytes())
 
 
-@pytest.fixture(scope="module", params=[DPSGD, PseudonymousChunks], ids=["whole", "chunks"])
+@pytest.fixture(
+    scope="module", params=[DecentralizedSGD, PseudonymousChunks], ids=["whole", "chunks"]
+)
 def recording(request, tmp_path_factory) -> Recording:
     engine = make_engine("vectorized", request.param())
     plan = engine.topology.plan(0)

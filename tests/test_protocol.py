@@ -9,7 +9,7 @@ from scipy import stats
 from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
 from privlab.errors import PrivlabError
-from privlab.mechanisms import DPSGD
+from privlab.mechanisms import DecentralizedSGD
 from privlab.protocol import (
     INDEX_BYTES,
     Messages,
@@ -64,7 +64,7 @@ def record_round(threat: ThreatModel, protocol, n=8, rounds=2):
 
 
 def test_curious_nodes_see_exactly_their_inbox():
-    log, plan, params = record_round(threat_model_from(curious_nodes=[2, 5]), DPSGD())
+    log, plan, params = record_round(threat_model_from(curious_nodes=[2, 5]), DecentralizedSGD())
     assert log.parties == ["node:2", "node:5"]
     first = log.for_party("node:2")[0]
     expected = sorted(plan.src[plan.dst == 2].tolist())
@@ -78,7 +78,7 @@ def test_colluders_form_one_party_and_eavesdropper_sees_links():
     links = set(zip(plan.src.tolist(), plan.dst.tolist()))
     link = next(iter(sorted(links)))
     threat = threat_model_from(curious_nodes=[2, 5], colluding=True, eavesdropped_links=[link])
-    log, _, _ = record_round(threat, DPSGD(), rounds=1)
+    log, _, _ = record_round(threat, DecentralizedSGD(), rounds=1)
     assert log.parties == ["coalition:2,5", "eavesdropper"]
     spy = log.for_party("eavesdropper")[0]
     assert list(zip(spy.true_sender.tolist(), spy.receiver.tolist())) == [link]
@@ -86,13 +86,17 @@ def test_colluders_form_one_party_and_eavesdropper_sees_links():
 
 
 def test_observer_records_only_the_chosen_rounds():
-    log, _, _ = record_round(threat_model_from(curious_nodes=[0], rounds=[1]), DPSGD(), rounds=3)
+    log, _, _ = record_round(
+        threat_model_from(curious_nodes=[0], rounds=[1]), DecentralizedSGD(), rounds=3
+    )
     assert log.rounds() == [1]
 
 
 def test_log_memory_grows_with_what_the_adversary_sees():
-    small, _, _ = record_round(threat_model_from(curious_nodes=[0]), DPSGD(), rounds=2)
-    large, _, _ = record_round(threat_model_from(curious_nodes=list(range(8))), DPSGD(), rounds=2)
+    small, _, _ = record_round(threat_model_from(curious_nodes=[0]), DecentralizedSGD(), rounds=2)
+    large, _, _ = record_round(
+        threat_model_from(curious_nodes=list(range(8))), DecentralizedSGD(), rounds=2
+    )
     assert large.nbytes() == 8 * small.nbytes()  # 4-regular: every node has 4 senders
 
 
@@ -155,7 +159,9 @@ def test_masked_messages_hide_the_model_and_reveal_the_sum():
     uniform = wire[0].astype(np.float64) / 2.0**64
     assert stats.kstest(uniform, "uniform").pvalue > 1e-3
     assert abs(np.corrcoef(uniform, params[int(msgs.src[msgs.dst == 0][0])].numpy())[0, 1]) < 0.2
-    expected = DPSGD().receive(params, DPSGD().send(params, plan, 0, None), plan)
+    expected = DecentralizedSGD().receive(
+        params, DecentralizedSGD().send(params, plan, 0, None), plan
+    )
     assert (protocol.receive(params, msgs, plan) - expected).abs().max() < 4 * 2.0**-24 + 1e-6
 
 

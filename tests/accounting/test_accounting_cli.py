@@ -21,17 +21,17 @@ def harness(argv):
     return args.func(args)
 
 
-def test_harness_dpsgd_rdp_json(capsys):
-    assert harness(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
+def test_harness_dp_sgd_rdp_json(capsys):
+    assert harness(["budget", "dp-sgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["epsilon"] == pytest.approx(2.5966, abs=2e-4)
     assert out["accountant"] == "rdp" and 5 < out["order"] < 15
     assert out["noise_multiplier"] == 1.1 and out["steps"] == 14063
 
 
-def test_harness_dpsgd_pld_text(capsys):
+def test_harness_dp_sgd_pld_text(capsys):
     assert (
-        harness(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--accountant", "pld"])
+        harness(["budget", "dp-sgd", "--noise-multiplier", "1.1", *MNIST, "--accountant", "pld"])
         == 0
     )
     out = capsys.readouterr().out
@@ -39,7 +39,7 @@ def test_harness_dpsgd_pld_text(capsys):
 
 
 def test_harness_target_epsilon_prints_the_noise(capsys):
-    assert harness(["budget", "dpsgd", "--target-epsilon", "3", *MNIST, "--json"]) == 0
+    assert harness(["budget", "dp-sgd", "--target-epsilon", "3", *MNIST, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["noise_multiplier"] == pytest.approx(1.01401, rel=1e-4)
     assert out["epsilon"] <= 3.0
@@ -107,19 +107,19 @@ def test_harness_gaussian_and_rgm(capsys):
 )
 def test_harness_bad_values_raise_value_error(argv, message):
     with pytest.raises(ValueError) as info:
-        harness(["budget", "dpsgd", *argv])
+        harness(["budget", "dp-sgd", *argv])
     assert message in str(info.value)
 
 
 def test_main_budget(capsys):
     main = pytest.importorskip("privlab.cli").main
-    assert main(["budget", "dpsgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
+    assert main(["budget", "dp-sgd", "--noise-multiplier", "1.1", *MNIST, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["epsilon"] == pytest.approx(2.5966, abs=2e-4)
     assert (
         main(
             [
                 "budget",
-                "dpsgd",
+                "dp-sgd",
                 "--noise-multiplier",
                 "1",
                 "--sample-rate",
@@ -152,7 +152,7 @@ def test_main_budget(capsys):
 )
 def test_subprocess_bad_input_exits_2_without_traceback(argv, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "privlab", "budget", "dpsgd", *argv],
+        [sys.executable, "-m", "privlab", "budget", "dp-sgd", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,7 +169,7 @@ def test_subprocess_prints_epsilon():
             "-m",
             "privlab",
             "budget",
-            "dpsgd",
+            "dp-sgd",
             "--noise-multiplier",
             "1.1",
             *MNIST,

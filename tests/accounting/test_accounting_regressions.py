@@ -109,7 +109,7 @@ def test_default_path_at_large_sigma_bounds_the_exact_series():
 def test_unreachable_tiny_target_epsilon_exits_promptly(capsys):
     code, out, err = run_cli(
         capsys,
-        "dpsgd",
+        "dp-sgd",
         "--target-epsilon",
         "1e-9",
         "--sample-rate",
@@ -140,7 +140,7 @@ def test_calibration_fails_fast_when_the_largest_noise_misses_the_target():
 def test_pld_tiny_sigma_cli_gives_a_clean_answer(capsys):
     code, out, err = run_cli(
         capsys,
-        "dpsgd",
+        "dp-sgd",
         "--noise-multiplier",
         "1e-3",
         "--sample-rate",
@@ -163,7 +163,7 @@ def test_pld_tiny_sigma_cli_gives_a_clean_answer(capsys):
 def test_pld_calibration_through_tiny_sigma_cli(capsys):
     code, out, err = run_cli(
         capsys,
-        "dpsgd",
+        "dp-sgd",
         "--target-epsilon",
         "5000",
         "--sample-rate",
@@ -196,15 +196,15 @@ def test_pld_small_sigma_has_no_nan_and_stays_below_rdp():
 @pytest.mark.parametrize(
     "argv",
     [
-        ["dpsgd", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "1000000000"],
-        ["dpsgd", "--target-epsilon", "1", "--sample-rate", "0.01", "--steps", "1000000000"],
-        ["dpsgd", "--noise-multiplier", "1", "--sample-rate", "1e-12", "--steps", "10"],
-        ["dpsgd", "--noise-multiplier", "1e300", "--sample-rate", "0.5", "--steps", "10"],
-        ["dpsgd", "--noise-multiplier", "1e-300", "--sample-rate", "0.5", "--steps", "10"],
+        ["dp-sgd", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "1000000000"],
+        ["dp-sgd", "--target-epsilon", "1", "--sample-rate", "0.01", "--steps", "1000000000"],
+        ["dp-sgd", "--noise-multiplier", "1", "--sample-rate", "1e-12", "--steps", "10"],
+        ["dp-sgd", "--noise-multiplier", "1e300", "--sample-rate", "0.5", "--steps", "10"],
+        ["dp-sgd", "--noise-multiplier", "1e-300", "--sample-rate", "0.5", "--steps", "10"],
         ["gaussian", "--noise-multiplier", "1e-12", "--accountant", "pld"],
         ["gaussian", "--noise-multiplier", "1e300", "--accountant", "pld"],
-        ["dpsgd", "--target-epsilon", "0", "--sample-rate", "0.01", "--steps", "10"],
-        ["dpsgd", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "10"],
+        ["dp-sgd", "--target-epsilon", "0", "--sample-rate", "0.01", "--steps", "10"],
+        ["dp-sgd", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "10"],
     ],
 )
 @pytest.mark.parametrize("delta", ["1e-5", "1e-300"])

@@ -188,7 +188,26 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     if diverged is not None:
         summary["diverged"] = diverged
         warnings.warn(divergence_message(diverged, config), DivergedWarning, stacklevel=2)
-    return Results(config.to_dict(), metrics, summary, observer and observer.log)
+    models = None if aborted or diverged else final_models(experiment, completed)
+    return Results(config.to_dict(), metrics, summary, observer and observer.log, models)
+
+
+def final_models(experiment: Experiment, round: int) -> dict[str, Any]:
+    """Every node's parameters ``[n, D]`` after ``round``, with the model's name, options,
+    input shape and classes (rebuild with ``Results.node_model``), as plain values that
+    load with ``torch.load(..., weights_only=True)``."""
+    c, dataset = experiment.config, experiment.data.dataset
+    return {
+        "params": experiment.engine.params.detach().clone(),
+        "round": round,
+        "model": {
+            "name": c.model.name,
+            "options": c.model.options,
+            "input_shape": list(dataset.input_shape),
+            "num_classes": dataset.num_classes,
+        },
+        "parameters": [[s.name, list(s.shape)] for s in experiment.engine.spec.slots],
+    }
 
 
 class DivergedWarning(RuntimeWarning):

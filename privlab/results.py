@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 
+from privlab.errors import PrivlabError
 from privlab.jsonio import dumps
 from privlab.protocol import ObservationLog
 
@@ -24,18 +26,22 @@ FILES = {
     "summary": "summary.json",
     "observations": OBSERVATIONS_DIR,
     "plot": "curves.png",
+    "models": "models.pt",
 }
 LEGACY_OBSERVATIONS = "observations.pt"
 
 
 @dataclass
 class Results:
-    """A run's metrics (one row per round x node x metric), summary and observation log."""
+    """A run's metrics (one row per round x node x metric), summary, observation log and
+    final models (``models["params"]``: the ``[n, D]`` parameters after the last completed
+    round, with what rebuilds the model; see ``node_model``)."""
 
     config: dict[str, Any]
     metrics: pd.DataFrame
     summary: dict[str, Any]
     observations: ObservationLog | None = field(default=None, repr=False)
+    models: dict[str, Any] | None = field(default=None, repr=False)
 
     def final(self, metric: str) -> pd.Series:
         """The per-node values of ``metric`` at the last round it was measured."""
@@ -63,6 +69,10 @@ class Results:
             self.observations.save(out / OBSERVATIONS_DIR)
         else:  # a run written over with --force must not keep the old run's log
             shutil.rmtree(out / OBSERVATIONS_DIR, ignore_errors=True)
+        if self.models is not None:
+            torch.save(self.models, out / FILES["models"])
+        else:
+            (out / FILES["models"]).unlink(missing_ok=True)
         return out
 
     @classmethod
@@ -72,12 +82,29 @@ class Results:
         observations = next(
             (p for p in (out / OBSERVATIONS_DIR, out / LEGACY_OBSERVATIONS) if p.exists()), None
         )
+        models = out / FILES["models"]
         return cls(
             config=yaml.safe_load((out / FILES["config"]).read_text()),
             metrics=pd.read_csv(out / FILES["metrics"]),
             summary=json.loads((out / FILES["summary"]).read_text()),
             observations=None if observations is None else ObservationLog.load(observations),
+            models=torch.load(models, weights_only=True) if models.exists() else None,
         )
+
+    def node_model(self, node: int) -> torch.nn.Module:
+        """Node ``node``'s final model as an ``nn.Module`` (a registered model only; for your
+        own module, load ``models["params"][node]`` with ``ParamSpec.of(module).load``)."""
+        from privlab.models import build_model
+        from privlab.state import ParamSpec
+
+        if self.models is None:
+            raise PrivlabError("this run kept no final models (it diverged or was aborted)")
+        spec = self.models["model"]
+        model = build_model(
+            spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"]
+        )
+        ParamSpec.of(model).load(model, self.models["params"][node])
+        return model
 
     def plot(self, metrics: tuple[str, ...] = ("test_accuracy", "consensus_distance"), ax=None):
         """Mean over nodes (line) and min-max band of each metric against the round."""
@@ -133,6 +160,12 @@ def _status(summary: dict[str, Any]) -> str:
     if summary.get("interrupted"):
         return f" (interrupted after round {summary['completed_rounds']})"
     return ""
+
+
+def load_run(run_dir: str | Path) -> Results:
+    """Everything a run folder holds: config, metrics, summary, the observation log (read
+    lazily) and the final models. Attacks and users read runs through it."""
+    return Results.load(run_dir)
 
 
 def versions() -> dict[str, str]:

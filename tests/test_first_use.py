@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from privlab.cli import main, packaged_config
 from privlab.config import ExperimentConfig, apply_overrides, load_config, parse_config
 from privlab.errors import PrivlabError
-from privlab.experiment import run
+from privlab.experiment import build, run
 from privlab.jsonio import dumps
 from privlab.mechanisms import DecentralizedSGD
-from privlab.results import Results
+from privlab.results import Results, load_run
 
 SMALL = {"nodes": 6, "rounds": 3, "eval_every": 1, "model": {"name": "mlp", "hidden": [8]}}
 
@@ -152,6 +153,7 @@ def test_a_huge_learning_rate_stops_the_run_with_exit_3(tmp_path, capsys):
     out, summary = run_until_it_diverges(tmp_path, capsys, ["--set=training.lr=1e10"])
     assert summary["diverged"] == {"round": 1, "nodes": 6} and summary["completed_rounds"] == 0
     assert (out / "metrics.csv").exists()
+    assert not (out / "models.pt").exists()  # no final models: they are not finite
 
 
 def test_a_diverged_run_keeps_the_rounds_before_it(tmp_path, capsys, monkeypatch):
@@ -287,3 +289,19 @@ def test_retired_names_say_the_new_one(tmp_path, capsys):
     assert main(["budget", "dpsgd", "--noise-multiplier", "1", "--delta", "1e-5"]) == 2
     assert "privlab budget dpsgd is now privlab budget dp-sgd" in one_error(capsys)
     assert parse_config({}).protocol.name == "d-psgd"
+
+
+def test_final_models_rebuild_every_node(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", write(tmp_path, SMALL), "--out", str(out), "--quiet"]) == 0
+    results = load_run(out)
+    assert results.models["params"].shape == (6, 64 * 8 + 8 + 8 * 10 + 10)
+    assert results.models["round"] == 3
+    data = build(parse_config(results.config)).data
+    test = torch.tensor(data.test_indices)
+    x, y = data.dataset.X[test], data.dataset.y[test]
+    final = results.final("test_accuracy")
+    for node in range(6):
+        with torch.no_grad():
+            accuracy = (results.node_model(node)(x).argmax(dim=-1) == y).float().mean()
+        assert float(accuracy) == pytest.approx(final[node], abs=1e-6)

@@ -60,11 +60,24 @@ class LocalTraining:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """What a round cost: bytes each node sent ``[n]`` and the mean local training loss."""
+    """What a round cost, per node ``[n]``: bytes sent by kind (payload, indices,
+    metadata) and the mean loss of the round's local batches (None without training)."""
 
     round: int
-    bytes_sent: torch.Tensor
+    bytes_by_kind: dict[str, torch.Tensor]
     batch_loss: torch.Tensor | None
+
+    @property
+    def bytes_sent(self) -> torch.Tensor:
+        return sum(self.bytes_by_kind.values())
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """The per-node values ``metrics.csv`` records for this round."""
+        out = {"bytes_sent": self.bytes_sent}
+        out |= {f"bytes_{kind}": size for kind, size in self.bytes_by_kind.items()}
+        if self.batch_loss is not None:
+            out["batch_loss"] = self.batch_loss
+        return out
 
 
 class Engine(abc.ABC):
@@ -121,7 +134,7 @@ class Engine(abc.ABC):
         if self.observer is not None:
             self.observer.record(round, messages)
         self._receive(params, messages, plan)
-        return RoundReport(round, messages.bytes_sent(self.num_nodes), batch_loss)
+        return RoundReport(round, messages.bytes_by_sender(self.num_nodes), batch_loss)
 
     def _batch(self, round: int, step: int) -> Batch:
         generator = torch_generator(self.seed, "batch", round, step)

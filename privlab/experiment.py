@@ -163,7 +163,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
                     diverged = {"round": t, "nodes": bad}
                     break
                 completed = t
-                _record(rows, t, {"bytes_sent": report.bytes_sent})
+                _record(rows, t, report.metrics())
                 if t % config.eval_every == 0 or t == config.rounds or stop.requested:
                     metrics = engine.evaluate()
                     _record(rows, t, metrics)

@@ -137,10 +137,16 @@ class Messages:
             "metadata": torch.full_like(entries, self.metadata_bytes),
         }
 
+    def bytes_by_sender(self, num_nodes: int) -> dict[str, torch.Tensor]:
+        """Bytes each node sent ``[n]``, by kind: payload, indices, metadata."""
+        return {
+            kind: torch.zeros(num_nodes, dtype=torch.int64).index_add_(0, self.src, size)
+            for kind, size in self.bytes_per_message().items()
+        }
+
     def bytes_sent(self, num_nodes: int) -> torch.Tensor:
         """Total bytes each node sent ``[n]`` (payload + indices + metadata)."""
-        total = sum(self.bytes_per_message().values())
-        return torch.zeros(num_nodes, dtype=torch.int64).index_add_(0, self.src, total)
+        return sum(self.bytes_by_sender(num_nodes).values())
 
     def select(self, mask: torch.Tensor) -> Messages:
         """The messages where ``mask[E]`` is true (rows stay shared, nothing is copied)."""

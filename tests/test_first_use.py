@@ -305,3 +305,16 @@ def test_final_models_rebuild_every_node(tmp_path):
         with torch.no_grad():
             accuracy = (results.node_model(node)(x).argmax(dim=-1) == y).float().mean()
         assert float(accuracy) == pytest.approx(final[node], abs=1e-6)
+
+
+def test_metrics_hold_bytes_by_kind_and_the_batch_loss(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", write(tmp_path, SMALL), "--out", str(out), "--quiet"]) == 0
+    wide = pd.read_csv(out / "metrics.csv").pivot_table(
+        index=["round", "node"], columns="metric", values="value"
+    )
+    sent = wide.loc[wide.bytes_sent.notna()]
+    parts = sent.bytes_payload + sent.bytes_indices + sent.bytes_metadata
+    assert (parts == sent.bytes_sent).all() and (sent.bytes_payload > 0).all()
+    assert (sent.bytes_indices == 0).all()  # whole models: no coordinate indices
+    assert sent.batch_loss.between(0, 10).all() and len(sent) == 3 * 6

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,7 +23,12 @@ prepare_environment()  # OMP_WAIT_POLICY must be set before anything loads torch
 
 from privlab.accounting.cli import add_budget_parser  # noqa: E402
 from privlab.errors import PrivlabError, check  # noqa: E402
-from privlab.results import FILES, LEGACY_OBSERVATIONS, privlab_version  # noqa: E402
+from privlab.results import (  # noqa: E402
+    FILES,
+    LEGACY_OBSERVATIONS,
+    privlab_version,
+    remove_entries,
+)
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -96,12 +100,7 @@ def _prepare_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PrivlabError(f"--out {out} cannot be created: {error.strerror}") from None
-    for name in (*FILES.values(), LEGACY_OBSERVATIONS):
-        stale = out / name
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink(missing_ok=True)
+    remove_entries(out, (*FILES.values(), LEGACY_OBSERVATIONS))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -9,14 +9,13 @@ previous output (and nothing else) in its folder, so it runs any number of times
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from privlab.config import apply_overrides, load_yaml, parse_config
 from privlab.experiment import run
-from privlab.results import Results
+from privlab.results import Results, remove_entries
 
 VARIANTS: dict[str, dict] = {
     "d-psgd-ring": {"protocol": {"name": "d-psgd"}, "topology": {"name": "ring"}},
@@ -46,17 +45,7 @@ DEMO_FILES = ("comparison.csv", "comparison.png", *VARIANTS)
 
 def clear_previous_demo(out: Path) -> bool:
     """Remove what an earlier demo wrote in ``out`` (only that); whether there was any."""
-    found = False
-    for name in DEMO_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        else:
-            continue
-        found = True
-    return found
+    return remove_entries(out, DEMO_FILES)
 
 
 def run_demo(out: Path, rounds: int = 30, progress: bool = True) -> tuple[pd.DataFrame, bool]:

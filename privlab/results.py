@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -160,6 +161,21 @@ def _status(summary: dict[str, Any]) -> str:
     if summary.get("interrupted"):
         return f" (interrupted after round {summary['completed_rounds']})"
     return ""
+
+
+def remove_entries(folder: Path, names: Iterable[str]) -> bool:
+    """Remove the files or folders ``names`` from ``folder``; whether any was there."""
+    found = False
+    for name in names:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        found = True
+    return found
 
 
 def load_run(run_dir: str | Path) -> Results:

@@ -1,8 +1,10 @@
 """Privacy mechanisms and protocols that plug into the decentralized engine.
 
-Importing this package registers its protocols in ``privlab.protocol.PROTOCOLS``.
+Importing this package registers its protocols in ``privlab.protocol.PROTOCOLS`` and its
+gradient mechanisms in ``privlab.gradient.GRADIENT_MECHANISMS``.
 """
 
+from privlab.mechanisms.dp_sgd import DPSGD
 from privlab.mechanisms.gossip import DecentralizedSGD, EpidemicLearning
 
-__all__ = ["DecentralizedSGD", "EpidemicLearning"]
+__all__ = ["DPSGD", "DecentralizedSGD", "EpidemicLearning"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from privlab.protocol import PROTOCOLS, Messages, Protocol, sparse_matmul, weighted_inbox_sum
-from privlab.topology import CommPlan
+from privlab.context import RoundContext
+from privlab.errors import PrivlabError
+from privlab.plan import CommPlan, sparse_matmul
+from privlab.protocol import PROTOCOLS, Messages, Protocol, weighted_inbox_sum
 
 METADATA_BYTES = 8
 """Header of a model message: the round number and the sender's degree (int32 each)."""
@@ -26,17 +28,15 @@ class DecentralizedSGD(Protocol):
     (``x <- W x - lr g(x)``); momentum buffers stay local to each node.
     """
 
-    name = "d-psgd"
-
     def __init__(self) -> None:
         self._mixing: tuple[CommPlan, torch.Tensor] | None = None
 
-    def send(
-        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
-    ) -> Messages:
+    def send(self, params: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         return Messages.of_rows(params, plan.src, plan.dst, metadata_bytes=METADATA_BYTES)
 
-    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+    def receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> torch.Tensor:
         if messages.rows is params:  # the plain exchange: one product W @ params
             return sparse_matmul(self._mixing_matrix(plan), params)
         neighbours = weighted_inbox_sum(messages, plan.weight, plan.num_nodes)
@@ -49,7 +49,13 @@ class DecentralizedSGD(Protocol):
         return self._mixing[1]
 
     def receive_node(
-        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+        self,
+        node: int,
+        own: torch.Tensor,
+        inbox: Messages,
+        plan: CommPlan,
+        round: int,
+        exchange: int,
     ) -> torch.Tensor:
         to_node = plan.dst == node
         weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
@@ -72,17 +78,26 @@ class EpidemicLearning(Protocol):
     Each node pushes its model to the peers the round's plan gives it (EL-Oracle: a fresh
     s-regular graph; EL-Local: s random peers of its own choosing); a receiver averages
     uniformly over itself and whatever arrived, ``(x_v + sum_{u in S_v} x_u) / (|S_v| + 1)``,
-    independently of the plan's weights (EL does not use Metropolis-Hastings).
+    independently of the plan's weights (EL does not use Metropolis-Hastings). Its plan
+    is a fresh random graph every round, so it needs a dynamic topology (``el-oracle``,
+    ``el-local``, or any topology whose ``dynamic`` is true).
     """
 
-    name = "epidemic"
+    def setup(self, context: RoundContext) -> None:
+        super().setup(context)
+        topology = context.topology
+        if not getattr(topology, "dynamic", False):
+            raise PrivlabError(
+                "protocol 'epidemic' sends to fresh random peers every round: it needs a "
+                f"dynamic topology ('el-oracle' or 'el-local'), got the static {topology.name!r}"
+            )
 
-    def send(
-        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
-    ) -> Messages:
+    def send(self, params: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         return Messages.of_rows(params, plan.src, plan.dst, metadata_bytes=METADATA_BYTES)
 
-    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+    def receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> torch.Tensor:
         n = plan.num_nodes
         ones = torch.ones(len(messages), dtype=params.dtype)
         received = torch.bincount(messages.dst, minlength=n).to(params.dtype)
@@ -90,7 +105,13 @@ class EpidemicLearning(Protocol):
         return total.div_(received.add_(1).unsqueeze(1))
 
     def receive_node(
-        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+        self,
+        node: int,
+        own: torch.Tensor,
+        inbox: Messages,
+        plan: CommPlan,
+        round: int,
+        exchange: int,
     ) -> torch.Tensor:
         total = own.clone()
         for payload in inbox.payload:

@@ -61,6 +61,18 @@ def packaged_config(name: str) -> Path | None:
     return Path(str(candidate)) if candidate.is_file() else None
 
 
+def privacy_line(summary: dict) -> str:
+    """The run's epsilon per node, in words: mean and max at the accountant's delta."""
+    privacy = summary["privacy"]
+    epsilon = privacy["epsilon"]
+    line = (
+        f"privacy: epsilon per node mean {epsilon['mean']:.3g}, max {epsilon['max']:.3g} "
+        f"at delta {privacy['delta']:g} ({privacy['accountant']})"
+    )
+    note = (summary.get("gradient") or {}).get("epsilon_note")
+    return f"{line}; {note}" if note else line
+
+
 def _resolve_config_path(spec: str) -> Path:
     path = Path(spec)
     if path.is_file():
@@ -125,6 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if accuracy:
         line += f", test accuracy mean {accuracy['mean']:.3f} (min {accuracy['min']:.3f})"
     print(f"{line}, {summary['total_bytes'] / 1e6:.2f} MB sent, {summary['wall_time_s']:.1f} s")
+    if "privacy" in summary:
+        print(privacy_line(summary))
     print(f"results in {out}/")
     if "diverged" in summary:
         print(f"privlab: error: {divergence_message(summary['diverged'], config)}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Typed experiment configuration: YAML in, validated dataclass-like models out.
 
 Every section rejects unknown keys. Component sections (``model``, ``topology``,
-``protocol``) take a ``name`` plus that component's own options as sibling keys, e.g.
+``protocol``, ``gradient``) take a ``name`` plus that component's own options as sibling keys, e.g.
 ``topology: {name: regular, degree: 4}``; an option the named component does not take
 is reported by ``privlab.experiment`` when it is built.
 Any invalid value becomes one ``PrivlabError`` line naming the field and the valid range.
@@ -74,6 +74,25 @@ class ProtocolConfig(_Component):
     name: str = "d-psgd"
 
 
+class GradientConfig(_Component):
+    """A gradient mechanism (``privlab.gradient``) and its options, e.g.
+    ``{name: dp-sgd, noise_multiplier: 1.0, max_grad_norm: 1.0}``."""
+
+
+class PrivacyConfig(_Section):
+    """How privacy events are accounted: ``accountant`` rdp or pld, at ``delta``."""
+
+    accountant: Literal["rdp", "pld"] = "rdp"
+    delta: float = 1e-5
+
+    @field_validator("delta")
+    @classmethod
+    def _a_probability(cls, delta: float) -> float:
+        if not 0 < delta < 1:
+            raise ValueError(f"privacy.delta must be in (0, 1), got {delta!r}")
+        return delta
+
+
 class TrainingConfig(_Section):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -105,12 +124,14 @@ class ExperimentConfig(_Section):
     nodes: int = Field(16, ge=2)
     rounds: int = Field(30, ge=1)
     eval_every: int = Field(5, ge=1)
-    engine: Literal["vectorized", "loop"] = "vectorized"
+    engine: str = "vectorized"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(hidden=[64, 32]))
     topology: TopologyConfig = Field(default_factory=lambda: TopologyConfig(degree=4))
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gradient: GradientConfig | None = None
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     observer: ObserverConfig | None = None
 
     @field_validator("name")
@@ -235,6 +256,7 @@ _RENAMES_RESET = {
     ("topology", "name"): ("weights",),
     ("model", "name"): (),
     ("protocol", "name"): (),
+    ("gradient", "name"): (),
     ("data", "dataset"): (
         "root",
         "partition",

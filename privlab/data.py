@@ -3,7 +3,7 @@
 A :class:`Dataset` holds every sample as tensors; :func:`dataset_shape` tells its size, sample
 shape and class count without loading it. :func:`make_federated` loads a dataset and splits it
 among nodes with :func:`privlab.partition.partition`; the names of :mod:`privlab.partition`
-are re-exported here. All randomness comes from ``numpy.random.default_rng(seed)``.
+are re-exported here. All randomness comes from streams of the seed's tree (``privlab.rng``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from privlab.partition import (
     partitions,
 )
 from privlab.registry import Registry
+from privlab.rng import derive_seed
 
 __all__ = [
     "SYNTHETIC_MAX",
@@ -469,6 +470,8 @@ def make_federated(
     dataset_options: dict | None = None,
     **partition_kw,
 ) -> FederatedData:
-    """:func:`load_dataset` then :func:`partition`, both with ``seed``."""
-    dataset = load_dataset(name, root=root, seed=seed, **(dataset_options or {}))
-    return partition(dataset, num_nodes, scheme, seed=seed, **partition_kw)
+    """:func:`load_dataset` then :func:`partition`, with seeds derived from ``seed``'s tree
+    (streams "dataset" and "partition", ``privlab.rng.derive_seed``)."""
+    dataset_seed, partition_seed = derive_seed(seed, "dataset"), derive_seed(seed, "partition")
+    dataset = load_dataset(name, root=root, seed=dataset_seed, **(dataset_options or {}))
+    return partition(dataset, num_nodes, scheme, seed=partition_seed, **partition_kw)

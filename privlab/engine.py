@@ -7,9 +7,12 @@ every step node by node: the slow, obviously correct reference the tests compare
 vectorized engine against. Both draw batches, plans and protocol randomness from the
 same seeded streams (``privlab.rng``), so on one seed they compute the same numbers.
 
-One round (``run_round``): the plan of who talks to whom; local SGD steps (unless the
-protocol is not training); ``protocol.send``; the observer records what curious parties
-receive; ``protocol.receive``.
+One round (``run_round``): the protocol's plan of who talks to whom; local SGD steps
+(unless the protocol is not training), each one a gradient, the gradient mechanism
+(clipping and noise, with its privacy events) and the optimizer step; then, for each of
+the protocol's exchanges, ``protocol.send``, the observer records what curious parties
+receive, ``protocol.receive``. What the components emitted through the round context
+(privacy events, metrics) comes back in the ``RoundReport``.
 """
 
 from __future__ import annotations
@@ -22,18 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privlab.errors import check
+from privlab.context import Emissions, RoundContext
+from privlab.errors import PrivlabError, check
+from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
+from privlab.observe import Observer
 from privlab.partition import FederatedData
-from privlab.protocol import Messages, Observer, Protocol
-from privlab.rng import torch_generator
+from privlab.plan import CommPlan
+from privlab.protocol import Messages, Protocol
+from privlab.registry import Registry
+from privlab.rng import NodeStreams
+from privlab.sampling import Batch, shuffle_batches
 from privlab.state import ParamSpec
-from privlab.topology import CommPlan, Topology
+from privlab.topology import Topology
 from privlab.training import (
-    Batch,
-    SGDConfig,
+    LocalTraining,
     StackedSGD,
-    sample_batches,
+    clipped_grad_autograd,
     stacked_gradient,
     weighted_cross_entropy,
 )
@@ -46,26 +54,15 @@ EVAL_SAMPLES = 256
 
 
 @dataclass(frozen=True)
-class LocalTraining:
-    """What each node does locally each round."""
-
-    batch_size: int = 16
-    local_steps: int = 1
-    sgd: SGDConfig = field(default_factory=SGDConfig)
-
-    def __post_init__(self) -> None:
-        check(self.batch_size >= 1, "training.batch_size", ">= 1", self.batch_size)
-        check(self.local_steps >= 1, "training.local_steps", ">= 1", self.local_steps)
-
-
-@dataclass(frozen=True)
 class RoundReport:
-    """What a round cost, per node ``[n]``: bytes sent by kind (payload, indices,
-    metadata) and the mean loss of the round's local batches (None without training)."""
+    """What a round cost and produced, per node ``[n]``: bytes sent by kind (payload,
+    indices, metadata, over all exchanges), the mean loss of the round's local batches
+    (None without training), and what the components emitted (privacy events, metrics)."""
 
     round: int
     bytes_by_kind: dict[str, torch.Tensor]
     batch_loss: torch.Tensor | None
+    emitted: Emissions = field(default_factory=Emissions)
 
     @property
     def bytes_sent(self) -> torch.Tensor:
@@ -77,7 +74,7 @@ class RoundReport:
         out |= {f"bytes_{kind}": size for kind, size in self.bytes_by_kind.items()}
         if self.batch_loss is not None:
             out["batch_loss"] = self.batch_loss
-        return out
+        return out | self.emitted.metrics
 
 
 class Engine(abc.ABC):
@@ -89,10 +86,11 @@ class Engine(abc.ABC):
         data: FederatedData,
         topology: Topology,
         protocol: Protocol,
-        training: LocalTraining = LocalTraining(),
+        training: LocalTraining | None = None,
         *,
         seed: int = 0,
         observer: Observer | None = None,
+        gradient: GradientMechanism | None = None,
         eval_samples: int = EVAL_SAMPLES,
     ):
         check(
@@ -101,45 +99,81 @@ class Engine(abc.ABC):
             f"equal to the data's {data.num_nodes} nodes",
             topology.num_nodes,
         )
+        if gradient is not None and not protocol.trains:
+            raise PrivlabError(
+                f"gradient mechanism {gradient.name!r} needs a protocol that trains; "
+                f"protocol {protocol.name!r} does not train (remove the gradient section)"
+            )
+        training = training or LocalTraining()
         self.model, self.data, self.topology, self.protocol = model, data, topology, protocol
         self.training, self.seed, self.observer = training, seed, observer
+        self.gradient_mechanism = gradient
         self.spec = ParamSpec.of(model)
         self.num_nodes = data.num_nodes
+        self.nodes = torch.arange(self.num_nodes)
         self.X, self.y = data.dataset.X, data.dataset.y
         self.node_indices, self.node_sizes = data.padded_node_indices()
         self.test_indices = torch.tensor(data.test_indices, dtype=torch.int64)
         self.eval_indices, self.eval_mask = _evaluation_subset(
             self.node_indices, self.node_sizes, eval_samples
         )
-        protocol.setup(self.num_nodes, self.spec.dim, seed)
+        self.context = RoundContext(
+            num_nodes=self.num_nodes,
+            dim=self.spec.dim,
+            topology=topology,
+            training=training,
+            node_indices=self.node_indices,
+            node_sizes=self.node_sizes,
+            streams=NodeStreams(seed),
+            clip_norm=None if gradient is None else gradient.clip_norm,
+        )
+        protocol.setup(self.context)
+        if gradient is not None:
+            gradient.setup(self.context)
         initial_models = self.spec.flatten(model).repeat(self.num_nodes, 1)
         self.initial_state = protocol.initial_state(initial_models)
 
     # -- the round --------------------------------------------------------------------
 
     def run_round(self, round: int) -> RoundReport:
-        """Run round ``round``: local steps, send, observe, receive."""
-        plan = self.topology.plan(round)
+        """Run round ``round``: local steps, then each exchange's send, observe, receive."""
+        plan = self.protocol.plan(round)
         batch_loss = None
         if self.protocol.trains:
-            losses = [
-                self._local_step(self._batch(round, step))
-                for step in range(self.training.local_steps)
-            ]
+            losses = [self._train(round, step) for step in range(self.training.local_steps)]
             batch_loss = torch.stack(losses).mean(dim=0)
-        params = self.params
-        messages = self.protocol.send(
-            params, plan, round, torch_generator(self.seed, "protocol", round)
-        )
-        if self.observer is not None:
-            self.observer.record(round, messages)
-        self._receive(params, messages, plan)
-        return RoundReport(round, messages.bytes_by_sender(self.num_nodes), batch_loss)
+        sent: dict[str, torch.Tensor] = {}
+        for exchange in range(self.protocol.exchanges):
+            params = self.params
+            messages = self.protocol.send(params, plan, round, exchange)
+            if self.observer is not None:
+                self.observer.record(round, exchange, messages)
+            self._receive(params, messages, plan, round, exchange)
+            for kind, size in messages.bytes_by_sender(self.num_nodes).items():
+                sent[kind] = sent[kind] + size if kind in sent else size
+        return RoundReport(round, sent, batch_loss, self.context.drain())
+
+    def _train(self, round: int, step: int) -> torch.Tensor:
+        """One local step of every node; returns the batch losses ``[n]``."""
+        losses = self._local_step(self._batch(round, step), round, step)
+        if self.gradient_mechanism is not None:
+            self.gradient_mechanism.account(round, step)
+        return losses
 
     def _batch(self, round: int, step: int) -> Batch:
-        generator = torch_generator(self.seed, "batch", round, step)
-        return sample_batches(
-            self.node_indices, self.node_sizes, self.training.batch_size, generator
+        """Every node's batch: the gradient mechanism's, or a shuffled fixed-size one."""
+        mechanism = self.gradient_mechanism
+        batch = None if mechanism is None else mechanism.batch(round, step, self.nodes)
+        if batch is not None:
+            return batch
+        return shuffle_batches(
+            self.node_indices,
+            self.node_sizes,
+            self.training.batch_size,
+            self.context.streams,
+            round,
+            step,
+            self.nodes,
         )
 
     # -- evaluation -------------------------------------------------------------------
@@ -168,11 +202,14 @@ class Engine(abc.ABC):
         """Every node's parameters as one ``[n, D]`` tensor."""
 
     @abc.abstractmethod
-    def _local_step(self, batch: Batch) -> torch.Tensor:
-        """One SGD step of every node on its batch; returns the losses ``[n]``."""
+    def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
+        """One SGD step of every node on its batch, through the gradient mechanism if
+        any; returns the losses ``[n]``."""
 
     @abc.abstractmethod
-    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
+    def _receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> None:
         """Replace every node's state by what ``protocol.receive`` makes of its inbox."""
 
     @abc.abstractmethod
@@ -182,6 +219,10 @@ class Engine(abc.ABC):
     def _train_loss(self) -> torch.Tensor: ...
 
 
+ENGINES: Registry[type[Engine]] = Registry("engine")
+
+
+@ENGINES.register("vectorized")
 class VectorizedEngine(Engine):
     """All nodes in one ``[n, D]`` tensor; one batched gradient call per local step.
 
@@ -203,17 +244,27 @@ class VectorizedEngine(Engine):
     def params(self) -> torch.Tensor:
         return self._params
 
-    def _local_step(self, batch: Batch) -> torch.Tensor:
+    def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
         shape = batch.indices.shape
         flat = batch.indices.reshape(-1)
         x = self._X_rows.index_select(0, flat).view(*shape, *self.X.shape[1:])
         y = self.y.index_select(0, flat).view(shape)
-        grads, losses = self._gradient(self._params, x, y, batch.weights, out=self._grads)
+        mechanism = self.gradient_mechanism
+        if self.context.clip_norm is None:
+            grads, losses = self._gradient(self._params, x, y, batch.weights, out=self._grads)
+        else:
+            grads, losses = self._gradient.clipped_sum(
+                self._params, x, y, batch.weights, self.context.clip_norm, out=self._grads
+            )
+        if mechanism is not None:
+            grads = mechanism.privatize(grads, round, step, self.nodes)
         self._optimizer.step(self._params, grads)
         return losses
 
-    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
-        self._params = self.protocol.receive(params, messages, plan)
+    def _receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> None:
+        self._params = self.protocol.receive(params, messages, plan, round, exchange)
 
     def _node_block(self, samples: int) -> int:
         """Nodes per evaluation block on ``samples`` samples each, within the budget."""
@@ -246,6 +297,7 @@ class VectorizedEngine(Engine):
         return (loss * mask).sum(dim=1) / mask.sum(dim=1)
 
 
+@ENGINES.register("loop")
 class LoopEngine(Engine):
     """One ``nn.Module`` and one ``torch.optim.SGD`` per node: the slow reference.
 
@@ -270,7 +322,8 @@ class LoopEngine(Engine):
             return torch.stack(self.rows)
         return torch.stack([self.spec.flatten(m) for m in self.models])
 
-    def _local_step(self, batch: Batch) -> torch.Tensor:
+    def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
+        mechanism, clip_norm = self.gradient_mechanism, self.context.clip_norm
         losses = []
         for node, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             indices, weights = batch.indices[node], None
@@ -278,15 +331,33 @@ class LoopEngine(Engine):
                 real = batch.weights[node] > 0
                 indices, weights = indices[real], batch.weights[node][real]
             optimizer.zero_grad()
-            loss = weighted_cross_entropy(model(self.X[indices]), self.y[indices], weights)
-            loss.backward()
+            x, y = self.X[indices], self.y[indices]
+            if clip_norm is None:
+                loss = weighted_cross_entropy(model(x), y, weights)
+                loss.backward()
+            else:
+                loss = clipped_grad_autograd(model, x, y, weights, clip_norm)
+            if mechanism is not None:
+                self._privatize_node(model, node, round, step)
             optimizer.step()
             losses.append(loss.detach())
         return torch.stack(losses)
 
-    def _receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> None:
+    def _privatize_node(self, model: nn.Module, node: int, round: int, step: int) -> None:
+        """Pass node ``node``'s gradient through the gradient mechanism, alone."""
+        params = [p for _, p in model.named_parameters()]
+        grad = torch.cat([p.grad.reshape(-1) for p in params]).unsqueeze(0)
+        grad = self.gradient_mechanism.privatize(grad, round, step, torch.tensor([node]))[0]
+        for p, value in zip(params, grad.split([p.numel() for p in params])):
+            p.grad = value.view_as(p).clone()
+
+    def _receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> None:
         new_rows = [
-            self.protocol.receive_node(node, params[node], messages.inbox(node), plan)
+            self.protocol.receive_node(
+                node, params[node], messages.inbox(node), plan, round, exchange
+            )
             for node in range(self.num_nodes)
         ]
         if not self.protocol.trains:
@@ -304,9 +375,6 @@ class LoopEngine(Engine):
             idx = self.eval_indices[node][self.eval_mask[node].bool()]
             losses.append(F.cross_entropy(model(self.X[idx]), self.y[idx]))
         return torch.stack(losses)
-
-
-ENGINES: dict[str, type[Engine]] = {"vectorized": VectorizedEngine, "loop": LoopEngine}
 
 
 def _evaluation_subset(

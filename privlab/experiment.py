@@ -25,18 +25,21 @@ from tqdm.auto import tqdm
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig
 from privlab.data import make_federated
-from privlab.engine import ENGINES, Engine, LocalTraining
+from privlab.engine import ENGINES, Engine
 from privlab.errors import PrivlabError, fields_named
+from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
+from privlab.ledger import PrivacyLedger
 from privlab.models import build_model
+from privlab.observe import Observer, threat_model_from
 from privlab.partition import FederatedData
-from privlab.protocol import PROTOCOLS, Observer, Protocol, threat_model_from
+from privlab.protocol import PROTOCOLS, Protocol
 from privlab.resources import check_fits, estimate
 from privlab.results import METRIC_COLUMNS, OBSERVATIONS_DIR, Results, versions
 from privlab.rng import derive_seed
 from privlab.state import ParamSpec
 from privlab.threads import thread_report
 from privlab.topology import StaticTopology, Topology, build_topology
-from privlab.training import SGDConfig
+from privlab.training import LocalTraining, SGDConfig
 
 
 @dataclass
@@ -48,8 +51,10 @@ class Experiment:
     model: torch.nn.Module
     topology: Topology
     protocol: Protocol
+    gradient: GradientMechanism | None
     engine: Engine
     observer: Observer | None
+    ledger: PrivacyLedger
 
 
 def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Experiment:
@@ -83,14 +88,19 @@ def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Exp
         )
     with fields_named(_paths("topology", c.topology) | {"num_nodes": "nodes"}):
         topology = build_topology(
-            c.topology.name, c.nodes, seed=c.seed, weights=c.topology.weights, **c.topology.options
+            c.topology.name,
+            c.nodes,
+            seed=derive_seed(c.seed, "topology"),
+            weights=c.topology.weights,
+            **c.topology.options,
         )
     with fields_named(_paths("protocol", c.protocol)):
         protocol = PROTOCOLS.with_options(c.protocol.name, c.protocol.options)(**c.protocol.options)
-    if protocol.name == "epidemic" and not topology.name.startswith("el-"):
-        raise PrivlabError(
-            f"protocol 'epidemic' needs topology 'el-oracle' or 'el-local', got {topology.name!r}"
-        )
+    gradient = None
+    if c.gradient is not None:
+        with fields_named(_paths("gradient", c.gradient)):
+            factory = GRADIENT_MECHANISMS.with_options(c.gradient.name, c.gradient.options)
+            gradient = factory(**c.gradient.options)
     training = LocalTraining(
         batch_size=c.training.batch_size,
         local_steps=c.training.local_steps,
@@ -102,14 +112,25 @@ def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Exp
         _check_links_exist(threat.eavesdropped_links, topology)
         directory = None if run_dir is None else Path(run_dir) / OBSERVATIONS_DIR
         observer = Observer(threat, c.nodes, ParamSpec.of(model).dim, directory=directory)
-    engine = ENGINES[c.engine](
-        model, data, topology, protocol, training, seed=c.seed, observer=observer
-    )
-    return Experiment(c, data, model, topology, protocol, engine, observer)
+    with fields_named(_paths("protocol", c.protocol) | _paths("gradient", c.gradient)):
+        engine = ENGINES[c.engine](
+            model,
+            data,
+            topology,
+            protocol,
+            training,
+            seed=c.seed,
+            observer=observer,
+            gradient=gradient,
+        )
+    ledger = PrivacyLedger(c.nodes, c.privacy.accountant, c.privacy.delta)
+    return Experiment(c, data, model, topology, protocol, gradient, engine, observer, ledger)
 
 
-def _paths(section: str, component: BaseModel) -> dict[str, str]:
+def _paths(section: str, component: BaseModel | None) -> dict[str, str]:
     """Config paths of a component's options, for messages that name a bare option."""
+    if component is None:
+        return {}
     names = set(component.model_extra or {}) | set(type(component).model_fields)
     return {name: f"{section}.{name}" for name in names}
 
@@ -144,6 +165,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
       kept and a ``DivergedWarning`` says so.
     """
     config, engine, observer = experiment.config, experiment.engine, experiment.observer
+    ledger = experiment.ledger
     rows: list[tuple[int, int, str, float]] = []
     started = time.perf_counter()
     completed, evaluated, aborted, diverged = 0, 0, False, None
@@ -163,9 +185,10 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
                     diverged = {"round": t, "nodes": bad}
                     break
                 completed = t
+                ledger.record(report.emitted)
                 _record(rows, t, report.metrics())
                 if t % config.eval_every == 0 or t == config.rounds or stop.requested:
-                    metrics = engine.evaluate()
+                    metrics = engine.evaluate() | _epsilon(ledger)
                     _record(rows, t, metrics)
                     evaluated = t
                     if "test_accuracy" in metrics:
@@ -260,6 +283,12 @@ class _StopAfterRound:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _epsilon(ledger: PrivacyLedger) -> dict[str, torch.Tensor]:
+    """The ``epsilon`` of every node so far, when some mechanism claims DP."""
+    epsilon = ledger.epsilon()
+    return {} if epsilon is None else {"epsilon": epsilon}
+
+
 def _record(rows: list, round: int, metrics: dict[str, torch.Tensor]) -> None:
     for name, values in metrics.items():
         rows.extend((round, node, name, float(v)) for node, v in enumerate(values.tolist()))
@@ -278,6 +307,7 @@ def _summary(
         "seed": config.seed,
         "nodes": config.nodes,
         "protocol": experiment.protocol.describe(),
+        "gradient": None if experiment.gradient is None else experiment.gradient.describe(),
         "topology": experiment.topology.describe(),
         "data": experiment.data.summary(),
         "parameters": experiment.engine.spec.dim,
@@ -286,6 +316,9 @@ def _summary(
         "threads": thread_report(),
         "versions": versions(),
     }
+    privacy = experiment.ledger.summary()
+    if privacy is not None:
+        summary["privacy"] = privacy
     if not final.empty:
         summary["final_accuracy"] = {
             "mean": float(final.mean()),

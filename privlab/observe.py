@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 64 * 2**20
 """Default bytes of observations buffered in memory before they are written as a chunk."""
 HEADER = "header.json"
-FORMAT = 1
+FORMAT = 2
+"""Version 2: observations record their exchange and virtual receiver."""
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,13 @@ def threat_model_from(
 
 @dataclass(frozen=True)
 class Observation:
-    """What the parties saw in one round: one row per message observed.
+    """What the parties saw in one exchange of one round: one row per message observed.
 
-    ``sender`` is what the party was told (a pseudonym where the protocol hides the
-    sender); ``true_sender`` is ground truth, for scoring attacks, never an input to them.
+    ``exchange`` numbers the round's exchanges from 0. ``sender`` is what the party was
+    told (a pseudonym where the protocol hides the sender); ``true_sender`` is ground
+    truth, for scoring attacks, never an input to them. ``receiver`` is the real node that
+    received the message, ``virtual_receiver`` which of its virtual nodes did (None when
+    the protocol has no virtual nodes).
     """
 
     round: int
@@ -140,6 +144,8 @@ class Observation:
     true_sender: torch.Tensor
     payload: torch.Tensor
     indices: torch.Tensor | None
+    exchange: int = 0
+    virtual_receiver: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.party.shape[0])
@@ -166,6 +172,8 @@ def _of_party(o: Observation, pid: int) -> Observation:
         o.true_sender[keep],
         o.payload[keep],
         None if o.indices is None else o.indices[keep],
+        o.exchange,
+        None if o.virtual_receiver is None else o.virtual_receiver[keep],
     )
 
 
@@ -473,8 +481,9 @@ class Observer:
     def watches(self, round: int) -> bool:
         return self._rounds is None or round in self._rounds
 
-    def record(self, round: int, messages: Messages) -> None:
-        """Keep the messages the parties see this round (copies, so later rounds cannot alter them).
+    def record(self, round: int, exchange: int, messages: Messages) -> None:
+        """Keep the messages the parties see in this exchange (copies, so later rounds
+        cannot alter them).
 
         A message to a curious node on an eavesdropped link is recorded once per party.
         """
@@ -488,7 +497,7 @@ class Observer:
         rows = [(mask, party) for mask, party in parts if bool(mask.any())]
         if not rows:
             return
-        self.log.append(_stack_observation(round, messages, rows))
+        self.log.append(_stack_observation(round, exchange, messages, rows))
 
     def flush(self) -> None:
         """Write what is buffered to the log's folder (call at evaluation points and the end)."""
@@ -496,7 +505,7 @@ class Observer:
 
 
 def _stack_observation(
-    round: int, messages: Messages, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    round: int, exchange: int, messages: Messages, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> Observation:
     seen = [messages.select(mask) for mask, _ in rows]
 
@@ -512,4 +521,6 @@ def _stack_observation(
         true_sender=gather(lambda m: m.src),
         payload=gather(lambda m: m.payload),
         indices=gather(lambda m: m.indices),
+        exchange=exchange,
+        virtual_receiver=gather(lambda m: m.receiver_label),
     )

@@ -1,43 +1,41 @@
-"""The plug-in contract: protocols exchange ``Messages``; an ``Observer`` records what is seen.
+"""The plug-in contract: protocols exchange ``Messages`` over a round's plan.
 
-A round of any decentralized protocol is ``send`` (what goes on each directed edge)
-then ``receive`` (how each node folds its inbox into its state). The contract is
-shaped for every mechanism privlab carries, not only plain averaging:
+A round of any decentralized protocol is one or more exchanges (``Protocol.exchanges``:
+1 for D-PSGD, K gossip steps for Muffliato, an index exchange then the masked payload for
+CESAR); each exchange is ``send`` (what goes on each directed edge) then ``receive``
+(how each node folds its inbox into its state). The contract is shaped for every
+mechanism privlab carries, not only plain averaging:
 
 * payloads may differ per receiver (Zip-DL's correlated noise): one row per edge;
 * payloads may cover a subset of coordinates (Shatter's chunks, CESAR's
   sparsification): ``indices`` names them, ``-1`` pads rows of unequal length;
 * receivers may not learn who sent a message (Shatter's virtual nodes):
   ``sender_label`` is what the receiver is told, ``src`` stays the ground truth;
+  ``receiver_label`` names the virtual receiver when a real node receives a message more
+  than once in an exchange (two of its virtual nodes);
 * receivers may learn only an aggregate (CESAR's masks): the payload is whatever is on
   the wire (masked integers), and only ``receive`` can combine it;
+* a protocol may bring its own plan (``Protocol.plan``), derived from the configured
+  topology (Shatter's virtual-node graph, muted gossip's random pushes);
 * the state need not be a model (muted gossip): ``Protocol.trains = False`` tells the
   engine to skip local training.
 
-The ``Observer`` is the attack boundary (``privlab.observe``, re-exported here). It keeps
-exactly what the curious parties of a ``ThreatModel`` receive, at the rounds asked for, in
-an ``ObservationLog`` that can be saved, reloaded and attacked later.
+At setup a protocol receives the ``RoundContext`` (topology, sizes, hyper-parameters,
+per-node random streams) through which it also emits privacy events and metrics.
+What curious parties see is recorded by the ``Observer`` (``privlab.observe``).
 """
 
 from __future__ import annotations
 
 import abc
-import warnings
 from typing import ClassVar
 
-import scipy.sparse
 import torch
 
+from privlab.context import RoundContext
 from privlab.errors import PrivlabError
-from privlab.observe import (  # noqa: F401 (re-exported: the observer's historical home)
-    Observation,
-    ObservationLog,
-    Observer,
-    ThreatModel,
-    threat_model_from,
-)
+from privlab.plan import CommPlan, csr_matrix, sparse_matmul
 from privlab.registry import Registry
-from privlab.topology import CommPlan
 
 INDEX_BYTES = 4
 """Bytes counted per coordinate index on the wire (int32: models have < 2**31 entries)."""
@@ -49,7 +47,10 @@ class Messages:
     ``payload[e, j]`` is the value of model coordinate ``indices[e, j]`` (or of
     coordinate ``j`` when ``indices`` is None); an index of ``-1`` marks padding that is
     neither sent nor counted. ``sender_label[e]`` is what the receiver learns about the
-    sender (a pseudonym); by default the true sender ``src[e]``.
+    sender (a pseudonym); by default the true sender ``src[e]``. ``receiver_label[e]``
+    names the virtual receiver of a message (by default the real receiver ``dst[e]``).
+    ``metadata_bytes`` is the header size of every message (an int) or of each one
+    (an int64 tensor ``[E]``).
 
     When every message is its sender's whole state, build them with ``Messages.of_rows``:
     the payload is then read from the senders' rows on demand, so broadcast protocols
@@ -64,7 +65,8 @@ class Messages:
         *,
         indices: torch.Tensor | None = None,
         sender_label: torch.Tensor | None = None,
-        metadata_bytes: int = 0,
+        receiver_label: torch.Tensor | None = None,
+        metadata_bytes: int | torch.Tensor = 0,
         rows: torch.Tensor | None = None,
     ):
         e = src.shape[0]
@@ -82,10 +84,13 @@ class Messages:
             raise PrivlabError("messages.rows must be [n, D] and carry no indices")
         if indices is not None and indices.shape != payload.shape:
             raise PrivlabError("messages.indices must have the payload's shape [E, k]")
-        if sender_label is not None and sender_label.shape != (e,):
-            raise PrivlabError("messages.sender_label must have shape [E]")
+        for label, tensor in (("sender_label", sender_label), ("receiver_label", receiver_label)):
+            if tensor is not None and tensor.shape != (e,):
+                raise PrivlabError(f"messages.{label} must have shape [E]")
+        if isinstance(metadata_bytes, torch.Tensor) and metadata_bytes.shape != (e,):
+            raise PrivlabError("messages.metadata_bytes must be an int or a tensor of shape [E]")
         self.src, self.dst = src, dst
-        self.indices, self.sender_label = indices, sender_label
+        self.indices, self.sender_label, self.receiver_label = indices, sender_label, receiver_label
         self.metadata_bytes = metadata_bytes
         self.rows = rows
         self._payload = payload
@@ -121,6 +126,11 @@ class Messages:
         """What each receiver is told about the sender of each message."""
         return self.src if self.sender_label is None else self.sender_label
 
+    @property
+    def seen_receiver(self) -> torch.Tensor:
+        """The (virtual) receiver of each message."""
+        return self.dst if self.receiver_label is None else self.receiver_label
+
     def entries(self) -> torch.Tensor:
         """Number of coordinates each message carries ``[E]`` (padding excluded)."""
         if self.indices is None:
@@ -131,10 +141,13 @@ class Messages:
         """Bytes of each message ``[E]``, split into payload, indices and metadata."""
         entries = self.entries()
         index_bytes = torch.zeros_like(entries) if self.indices is None else entries * INDEX_BYTES
+        metadata = self.metadata_bytes
+        if not isinstance(metadata, torch.Tensor):
+            metadata = torch.full_like(entries, metadata)
         return {
             "payload": entries * self.element_size,
             "indices": index_bytes,
-            "metadata": torch.full_like(entries, self.metadata_bytes),
+            "metadata": metadata,
         }
 
     def bytes_by_sender(self, num_nodes: int) -> dict[str, torch.Tensor]:
@@ -151,8 +164,8 @@ class Messages:
     def select(self, mask: torch.Tensor) -> Messages:
         """The messages where ``mask[E]`` is true (rows stay shared, nothing is copied)."""
 
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[mask]
+        def pick(t):
+            return t[mask] if isinstance(t, torch.Tensor) else t
 
         return Messages(
             self.src[mask],
@@ -160,7 +173,8 @@ class Messages:
             pick(self._payload),
             indices=pick(self.indices),
             sender_label=pick(self.sender_label),
-            metadata_bytes=self.metadata_bytes,
+            receiver_label=pick(self.receiver_label),
+            metadata_bytes=pick(self.metadata_bytes),
             rows=self.rows,
         )
 
@@ -170,41 +184,59 @@ class Messages:
 
 
 class Protocol(abc.ABC):
-    """A decentralized protocol: what each node sends each round and how it aggregates.
+    """A decentralized protocol: what each node sends in each exchange and how it aggregates.
 
-    ``send`` and ``receive`` are vectorized over all nodes (``params[n, D]``);
+    ``send`` and ``receive`` are vectorized over all nodes (``state[n, D]``);
     ``receive_node`` is the slow per-node reference the ``LoopEngine`` uses, so every
-    protocol's fast path is tested against an obviously correct one.
+    protocol's fast path is tested against an obviously correct one. ``exchanges`` says
+    how many send -> observe -> receive exchanges a round has (an instance may set it
+    from its options). Random draws come from ``self.context.streams``, keyed by
+    (purpose, round, exchange, node), never from a shared generator.
     """
 
     name: ClassVar[str] = "protocol"
     trains: ClassVar[bool] = True
     """False for dissemination protocols whose state is not a model (muted gossip)."""
+    exchanges: int = 1
 
-    def setup(self, num_nodes: int, dim: int, seed: int) -> None:  # noqa: B027 (optional hook)
-        """Called once before the first round (key agreement, buffers). Default: nothing."""
+    def setup(self, context: RoundContext) -> None:
+        """Called once before the first round with the run's context; keeps it as
+        ``self.context``. Override to check the topology, agree on keys, size buffers."""
+        self.context = context
 
     def initial_state(self, params: torch.Tensor) -> torch.Tensor:
-        """Every node's state before round 0, given the initial models ``[n, D]``.
+        """Every node's state before round 1, given the initial models ``[n, D]``.
 
         Training protocols keep the models (the default); a dissemination protocol
         returns its own state (who knows the rumour), of any width.
         """
         return params
 
-    @abc.abstractmethod
-    def send(
-        self, params: torch.Tensor, plan: CommPlan, round: int, rng: torch.Generator
-    ) -> Messages:
-        """The messages of this round, given every node's state ``params[n, D]``."""
+    def plan(self, round: int) -> CommPlan:
+        """Who may send to whom in ``round``: by default the topology's plan. A protocol
+        may derive its own from ``self.context.topology`` (any object its ``send`` and
+        ``receive`` understand)."""
+        return self.context.topology.plan(round)
 
     @abc.abstractmethod
-    def receive(self, params: torch.Tensor, messages: Messages, plan: CommPlan) -> torch.Tensor:
+    def send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
+        """The messages of exchange ``exchange`` of ``round``, given every node's state."""
+
+    @abc.abstractmethod
+    def receive(
+        self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> torch.Tensor:
         """Every node's new state ``[n, D]`` after reading its inbox."""
 
     @abc.abstractmethod
     def receive_node(
-        self, node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan
+        self,
+        node: int,
+        own: torch.Tensor,
+        inbox: Messages,
+        plan: CommPlan,
+        round: int,
+        exchange: int,
     ) -> torch.Tensor:
         """Node ``node``'s new state ``[D]`` from its own ``own[D]`` and its ``inbox``."""
 
@@ -231,28 +263,8 @@ def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int)
     return sparse_matmul(_inbox_matrix(messages.dst, messages.src, weight, num_nodes, rows), rows)
 
 
-def sparse_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """``matrix @ dense`` for a torch CSR ``matrix``: SciPy's CSR kernel on CPU (4x faster
-    than ``torch.sparse.mm`` there for gossip-sized products, measured at n = 1024),
-    torch's on other devices or when gradients must flow."""
-    if dense.device.type != "cpu" or dense.requires_grad:
-        return torch.sparse.mm(matrix, dense)
-    arrays = (matrix.values(), matrix.col_indices(), matrix.crow_indices())
-    scipy_matrix = scipy.sparse.csr_matrix(tuple(a.numpy() for a in arrays), shape=matrix.shape)
-    return torch.from_numpy(scipy_matrix @ dense.numpy())
-
-
 def _inbox_matrix(
     dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, num_nodes: int, rows: torch.Tensor
 ) -> torch.Tensor:
-    """CSR matrix ``A[dst, src] = weight`` (duplicates add up); no sort is needed when the
-    messages come ordered by receiver, as ``CommPlan`` edges do."""
-    if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):
-        order = torch.argsort(dst, stable=True)
-        dst, src, weight = dst[order], src[order], weight[order]
-    crow = torch.searchsorted(dst, torch.arange(num_nodes + 1, dtype=dst.dtype))
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            crow, src, weight.to(rows.dtype), (num_nodes, rows.shape[0]), check_invariants=False
-        )
+    """CSR matrix ``A[dst, src] = weight`` (duplicates add up)."""
+    return csr_matrix(dst, src, weight.to(rows.dtype), (num_nodes, rows.shape[0]))

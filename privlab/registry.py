@@ -26,12 +26,18 @@ class Registry(Generic[T]):
         )
 
     def register(self, name: str, *, force: bool = False) -> Callable[[T], T]:
-        """Decorator registering ``name``; re-registering needs ``force=True``."""
+        """Decorator registering ``name``; re-registering needs ``force=True``.
+
+        The key is the component's one name: a registered class gets it as its ``name``
+        attribute, so the two cannot drift apart.
+        """
 
         def add(entry: T) -> T:
             if name in self._entries and not force:
                 raise PrivlabError(f"{self.kind} {name!r} is already registered (use force=True)")
             self._entries[name] = entry
+            if isinstance(entry, type):
+                entry.name = name
             return entry
 
         return add

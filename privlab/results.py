@@ -17,7 +17,7 @@ import yaml
 
 from privlab.errors import PrivlabError
 from privlab.jsonio import dumps
-from privlab.protocol import ObservationLog
+from privlab.observe import ObservationLog
 
 METRIC_COLUMNS = ["round", "node", "metric", "value"]
 OBSERVATIONS_DIR = "observations"

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import abc
 import math
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
-import torch
 
 from privlab.errors import PrivlabError, UnknownNameError, check, is_integer, is_real
+from privlab.plan import CommPlan
 from privlab.registry import Registry
 from privlab.rng import derive_seed
 
@@ -41,124 +39,6 @@ __all__ = [
 
 # Random static builders retry at most this many seeds to find a connected graph.
 _MAX_CONNECT_TRIES = 32
-
-
-@dataclass(frozen=True, eq=False)
-class CommPlan:
-    """Who may send to whom in one round, and the mixing weights.
-
-    Directed edges are unique, carry no self edge, and are sorted by (dst, src). The
-    receiver ``dst`` puts ``weight`` on the model of ``src`` and ``self_weight`` on its own,
-    so one gossip step is ``W @ P`` (Lian et al., 2017, Algorithm 1). The tensors live on
-    the CPU and are shared (a static topology returns one cached plan): treat them as
-    read-only. :meth:`from_edges` builds a plan from edges in any order.
-    """
-
-    num_nodes: int
-    src: torch.Tensor
-    dst: torch.Tensor
-    weight: torch.Tensor
-    self_weight: torch.Tensor
-
-    def __post_init__(self) -> None:
-        n, e = self.num_nodes, self.src.numel()
-        check(is_integer(n) and n >= 1, "num_nodes", ">= 1 (an integer)", n)
-        for field, tensor, dtype, size in (
-            ("src", self.src, torch.int64, e),
-            ("dst", self.dst, torch.int64, e),
-            ("weight", self.weight, torch.float32, e),
-            ("self_weight", self.self_weight, torch.float32, n),
-        ):
-            found = f"{tensor.dtype} of shape {tuple(tensor.shape)}"
-            check(
-                tensor.dtype == dtype and tensor.shape == (size,),
-                field,
-                f"a {dtype} tensor of shape ({size},)",
-                found,
-            )
-        if e == 0:
-            return
-        low, high = (
-            int(torch.minimum(self.src, self.dst).min()),
-            int(torch.maximum(self.src, self.dst).max()),
-        )
-        check(low >= 0 and high < n, "src/dst", f"node ids in [0, {n})", (low, high))
-        self_edges = int((self.src == self.dst).sum())
-        check(self_edges == 0, "src/dst", "free of self edges (use self_weight)", self_edges)
-        key = self.dst * n + self.src
-        check(
-            bool((key[1:] > key[:-1]).all()),
-            "src/dst",
-            "unique edges sorted by (dst, src) (build with CommPlan.from_edges)",
-            "unsorted",
-        )
-
-    @classmethod
-    def from_edges(
-        cls,
-        num_nodes: int,
-        src: torch.Tensor | np.ndarray,
-        dst: torch.Tensor | np.ndarray,
-        weight: torch.Tensor | np.ndarray,
-        self_weight: torch.Tensor | np.ndarray,
-    ) -> CommPlan:
-        """A plan from directed edges in any order; they are sorted by (dst, src)."""
-        src_t = torch.as_tensor(src, dtype=torch.int64).reshape(-1)
-        dst_t = torch.as_tensor(dst, dtype=torch.int64).reshape(-1)
-        weight_t = torch.as_tensor(weight, dtype=torch.float32).reshape(-1)
-        order = torch.argsort(dst_t * num_nodes + src_t)
-        self_t = torch.as_tensor(self_weight, dtype=torch.float32).reshape(-1).clone()
-        return cls(num_nodes, src_t[order], dst_t[order], weight_t[order], self_t)
-
-    @property
-    def num_edges(self) -> int:
-        """Number of directed edges (an undirected edge counts twice)."""
-        return self.src.numel()
-
-    def mixing_matrix(
-        self, layout: str = "csr", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """W with W[dst, src] = weight and W[i, i] = self_weight[i], so the gossip step is W @ P
-        for a stacked parameter matrix P[n, D]. layout "csr" (torch.sparse_csr) or "dense".
-
-        The CSR matrix stores every diagonal entry, even a zero one: nnz = E + n.
-        """
-        n = self.num_nodes
-        diag = torch.arange(n)
-        if layout == "dense":
-            matrix = torch.zeros(n, n, dtype=dtype)
-            matrix[self.dst, self.src] = self.weight.to(dtype)
-            matrix[diag, diag] = self.self_weight.to(dtype)
-            return matrix
-        check(layout == "csr", "layout", "'csr' or 'dense'", layout)
-        rows, cols = torch.cat([self.dst, diag]), torch.cat([self.src, diag])
-        order = torch.argsort(rows * n + cols)
-        crow = torch.zeros(n + 1, dtype=torch.int64)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-        values = torch.cat([self.weight, self.self_weight]).to(dtype)[order]
-        with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                crow, cols[order], values, size=(n, n), check_invariants=False
-            )
-
-    def in_degree(self) -> torch.Tensor:
-        """Number of senders to each node, int64 [n]."""
-        return torch.bincount(self.dst, minlength=self.num_nodes)
-
-    def out_degree(self) -> torch.Tensor:
-        """Number of receivers of each node, int64 [n]."""
-        return torch.bincount(self.src, minlength=self.num_nodes)
-
-    def neighbors_in(self, node: int) -> list[int]:
-        """Sorted senders to ``node`` (a slow helper for reference code)."""
-        check(
-            is_integer(node) and 0 <= node < self.num_nodes,
-            "node",
-            f"in [0, {self.num_nodes})",
-            node,
-        )
-        return self.src[self.dst == node].tolist()
 
 
 class Topology(abc.ABC):

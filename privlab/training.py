@@ -12,11 +12,17 @@ padding position out; see ``Batch``):
   ``grad(functional_call)`` over the node dimension.
 
 Both are checked against per-node autograd (the ``LoopEngine``) in the tests.
+
+For DP-SGD (Abadi et al., CCS 2016) both also compute, with ``clipped_sum``, each node's
+weighted sum of per-sample gradients clipped to L2 norm at most ``C``; the per-node
+reference is ``clipped_grad_autograd``. The MLP path never forms per-sample gradients:
+it gets their norms from the layers' inputs and output gradients ("ghost norms").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +65,19 @@ class SGDConfig:
             dampening=self.dampening,
             nesterov=self.nesterov,
         )
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """What each node does locally each round."""
+
+    batch_size: int = 16
+    local_steps: int = 1
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, "training.batch_size", ">= 1", self.batch_size)
+        check(self.local_steps >= 1, "training.local_steps", ">= 1", self.local_steps)
 
 
 class StackedSGD:
@@ -113,19 +132,6 @@ class _Linear:
     in_features: int
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Every node's batch: global sample indices ``[n, B]`` and per-sample loss weights.
-
-    Node i's loss is ``sum_b weights[i, b] * loss(indices[i, b])``; padding positions have
-    weight 0 (and a valid index, so the forward pass stays finite). ``weights`` is None
-    when every position is a real sample of weight ``1 / B`` (the plain mean).
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor | None = None
-
-
 def weighted_cross_entropy(
     logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -133,6 +139,58 @@ def weighted_cross_entropy(
     if weights is None:
         return F.cross_entropy(logits, y)
     return (F.cross_entropy(logits, y, reduction="none") * weights).sum()
+
+
+CLIP_EPSILON = 1e-6
+"""Added to each per-sample norm before dividing, as Opacus does."""
+
+
+def clip_factors(norms: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """Per-sample factors ``min(1, C / (norm + 1e-6))`` that scale gradients of L2 norm
+    ``norms`` to at most ``C`` (DP-SGD's clipping, Abadi et al. 2016; Opacus's formula)."""
+    return (clip_norm / (norms + CLIP_EPSILON)).clamp_(max=1.0)
+
+
+def weighted_mean_loss(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``sum_b w_b losses_b / sum_b w_b`` over the last dimension (0 where all weights are 0),
+    or the plain mean without weights."""
+    if weights is None:
+        return losses.mean(dim=-1)
+    total = weights.sum(dim=-1).clamp(min=torch.finfo(losses.dtype).tiny)
+    return (losses * weights).sum(dim=-1) / total
+
+
+def clipped_grad_autograd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor | None,
+    clip_norm: float,
+) -> torch.Tensor:
+    """Set each ``p.grad`` of ``model`` to ``sum_b w_b g_b min(1, C / (||g_b|| + 1e-6))``.
+
+    The reference for ``clipped_sum``, one sample at a time with plain autograd: ``g_b`` is
+    the gradient of sample ``b``'s cross-entropy on ``x[B, ...]``, ``y[B]``, and ``||g_b||``
+    its L2 norm over all the parameters together (flat clipping, Abadi et al. 2016).
+    ``weights[B]`` None means all ones. Returns the weighted mean loss (0 if all weights are 0).
+    """
+    params = list(model.parameters())
+    sums = [torch.zeros_like(p) for p in params]
+    losses = []
+    for b in range(x.shape[0]):
+        model.zero_grad()
+        loss = F.cross_entropy(model(x[b : b + 1]), y[b : b + 1])
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        factor = clip_factors(torch.cat([g.reshape(-1) for g in grads]).norm(), clip_norm)
+        if weights is not None:
+            factor = factor * weights[b]
+        for total, g in zip(sums, grads):
+            total.add_(g * factor)
+        losses.append(loss.detach())
+    for p, total in zip(params, sums):
+        p.grad = total
+    return weighted_mean_loss(torch.stack(losses), weights)
 
 
 class BatchedSequentialGrad:
@@ -162,10 +220,12 @@ class BatchedSequentialGrad:
             elif not isinstance(module, nn.Flatten):
                 self.layers.append(module)
 
+    @staticmethod
+    def _weight(params: torch.Tensor, layer: _Linear) -> torch.Tensor:
+        return params[:, layer.weight].view(params.shape[0], layer.out_features, layer.in_features)
+
     def _linear(self, params: torch.Tensor, layer: _Linear, h: torch.Tensor) -> torch.Tensor:
-        n = params.shape[0]
-        weight = params[:, layer.weight].view(n, layer.out_features, layer.in_features)
-        out = torch.bmm(h, weight.transpose(1, 2))
+        out = torch.bmm(h, self._weight(params, layer).transpose(1, 2))
         return out if layer.bias is None else out.add_(params[:, layer.bias].unsqueeze(1))
 
     def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -179,17 +239,11 @@ class BatchedSequentialGrad:
         """Logits ``[n, T, C]`` of every node on one shared input batch ``x[T, ...]``."""
         return self.forward(params, x.unsqueeze(0).expand(params.shape[0], *x.shape))
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        params: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weights: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]`` of the
-        loss weighted by ``weights[n, B]`` (see ``Batch``), or of the mean loss."""
+    def _forward_backward(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Per-sample losses ``[n, B]``, the unscaled output gradient ``softmax - onehot``
+        ``[n, B, C]`` of each sample's loss, and the tensors the backward pass needs."""
         n, batch = params.shape[0], x.shape[1]
         h = x.reshape(n, batch, -1)
         saved = []  # the input of each linear layer, the output of each activation
@@ -207,28 +261,108 @@ class BatchedSequentialGrad:
         target = y.unsqueeze(-1)
         sample_losses = (total.log() - shifted.gather(-1, target)).squeeze(-1)
         delta = exp.div_(total).scatter_add_(-1, target, torch.full_like(target, -1, dtype=h.dtype))
-        if weights is None:
-            losses = sample_losses.mean(dim=1)
-            delta.div_(batch)
-        else:
-            losses = (sample_losses * weights).sum(dim=1)
-            delta.mul_(weights.unsqueeze(-1))
-        pieces: dict[int, torch.Tensor] = {}  # gradient blocks by offset in the flat vector
+        return sample_losses, delta, saved
+
+    def _backward(
+        self, params: torch.Tensor, delta: torch.Tensor, saved: list[torch.Tensor]
+    ) -> Iterator[tuple[_Linear, torch.Tensor, torch.Tensor]]:
+        """``(layer, delta, input)`` of each linear layer, last first, back-propagating the
+        logits' gradient ``delta``: ``delta[n, B, out]`` is the gradient of the layer's output.
+        Each yielded ``delta`` is a tensor of its own, never changed afterwards."""
         for position in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[position], saved[position]
             if not isinstance(layer, _Linear):
                 delta = _BACKWARD[type(layer)](delta, h)
                 continue
-            pieces[layer.weight.start] = torch.bmm(delta.transpose(1, 2), h).view(n, -1)
-            if layer.bias is not None:
-                pieces[layer.bias.start] = delta.sum(dim=1)
+            yield layer, delta, h
             if position > 0:
-                weight = params[:, layer.weight].view(n, layer.out_features, layer.in_features)
-                delta = torch.bmm(delta, weight)
+                delta = torch.bmm(delta, self._weight(params, layer))
+
+    @staticmethod
+    def _add_layer_grads(
+        pieces: dict[int, torch.Tensor], layer: _Linear, delta: torch.Tensor, h: torch.Tensor
+    ) -> None:
+        """Store the summed-over-samples gradients ``delta^T h`` and ``sum_b delta`` of
+        ``layer`` in ``pieces`` (gradient blocks by offset in the flat vector)."""
+        pieces[layer.weight.start] = torch.bmm(delta.transpose(1, 2), h).view(h.shape[0], -1)
+        if layer.bias is not None:
+            pieces[layer.bias.start] = delta.sum(dim=1)
+
+    @staticmethod
+    def _concatenate(
+        pieces: dict[int, torch.Tensor], params: torch.Tensor, out: torch.Tensor | None
+    ) -> torch.Tensor:
         # one concatenation into a reused buffer: writing blocks into strided columns, or
         # concatenating into a fresh tensor, is several times slower on CPU
         out = torch.empty_like(params) if out is None else out
-        return torch.cat([pieces[offset] for offset in sorted(pieces)], dim=1, out=out), losses
+        return torch.cat([pieces[offset] for offset in sorted(pieces)], dim=1, out=out)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]`` of the
+        loss weighted by ``weights[n, B]`` (see ``Batch``), or of the mean loss."""
+        sample_losses, delta, saved = self._forward_backward(params, x, y)
+        if weights is None:
+            losses = sample_losses.mean(dim=1)
+            delta.div_(x.shape[1])
+        else:
+            losses = (sample_losses * weights).sum(dim=1)
+            delta.mul_(weights.unsqueeze(-1))
+        pieces: dict[int, torch.Tensor] = {}
+        for layer, layer_delta, h in self._backward(params, delta, saved):
+            self._add_layer_grads(pieces, layer, layer_delta, h)
+        return self._concatenate(pieces, params, out), losses
+
+    @torch.no_grad()
+    def clipped_sum(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor | None,
+        clip_norm: float,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-node sums ``[n, D]`` of clipped per-sample gradients, and losses ``[n]``.
+
+        ``sums[i] = sum_b w[i, b] g_ib min(1, C / (||g_ib|| + 1e-6))`` (DP-SGD, Abadi et
+        al. 2016; Opacus's formula) with ``g_ib`` the gradient of sample ``b``'s loss and
+        ``||.||`` the L2 norm over all parameters (flat clipping); ``weights`` None means
+        all ones. ``losses[i]`` is the weighted mean loss (0 for all-zero weights). Written
+        into ``out`` when given.
+
+        Per-sample gradients are never formed: a linear layer's is ``delta_b a_b^T`` (and
+        ``delta_b`` for the bias), of squared norm ``||delta_b||^2 ||a_b||^2`` (plus
+        ``||delta_b||^2``), the "ghost norm" of Goodfellow 2015 and Li et al. 2022. One
+        forward and one backward pass keep every layer's per-sample ``delta``; each layer's
+        clipped sum is then one ``bmm`` of the deltas scaled by ``w_b c_b`` with its inputs.
+        """
+        sample_losses, delta, saved = self._forward_backward(params, x, y)
+        layers = list(self._backward(params, delta, saved))
+        squared_norms = torch.zeros_like(sample_losses)
+        for layer, layer_delta, h in layers:
+            delta_norms = layer_delta.square().sum(dim=-1)
+            squared_norms.addcmul_(delta_norms, h.square().sum(dim=-1))
+            if layer.bias is not None:
+                squared_norms.add_(delta_norms)
+        scale = clip_factors(squared_norms.sqrt_(), clip_norm)
+        if weights is not None:
+            scale.mul_(weights)
+        pieces: dict[int, torch.Tensor] = {}
+        for layer, layer_delta, h in layers:
+            self._add_layer_grads(pieces, layer, layer_delta.mul_(scale.unsqueeze(-1)), h)
+        return self._concatenate(pieces, params, out), weighted_mean_loss(sample_losses, weights)
+
+
+PER_SAMPLE_GRAD_BUDGET = 64 * 2**20
+"""Bytes of per-sample gradients ``VmapGrad.clipped_sum`` holds at once (64 MiB)."""
 
 
 class VmapGrad:
@@ -244,8 +378,14 @@ class VmapGrad:
             logits = functional_call(model, spec.unflatten(row), (x,))
             return weighted_cross_entropy(logits, y, weights)
 
+        def sample_loss(row: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(model, spec.unflatten(row), (x.unsqueeze(0),))
+            return F.cross_entropy(logits, y.unsqueeze(0))
+
         self._grad = vmap(grad_and_value(loss), in_dims=(0, 0, 0, None))
         self._weighted_grad = vmap(grad_and_value(loss))
+        # per-sample gradients [n, B, D] and losses [n, B]: over nodes, then over samples
+        self._sample_grads = vmap(vmap(grad_and_value(sample_loss), in_dims=(None, 0, 0)))
         self._logits = vmap(lambda row, x: functional_call(model, spec.unflatten(row), (x,)))
         self._logits_shared = vmap(
             lambda row, x: functional_call(model, spec.unflatten(row), (x,)), in_dims=(0, None)
@@ -271,38 +411,50 @@ class VmapGrad:
         grads, losses = path(params, x, y, weights)
         return (grads if out is None else out.copy_(grads)), losses
 
+    def clipped_sum(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor | None,
+        clip_norm: float,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-node sums ``[n, D]`` of clipped per-sample gradients, and losses ``[n]``.
+
+        ``sums[i] = sum_b w[i, b] g_ib min(1, C / (||g_ib|| + 1e-6))`` (DP-SGD, Abadi et
+        al. 2016; Opacus's formula) with ``g_ib`` the gradient of sample ``b``'s loss and
+        ``||.||`` the L2 norm over all parameters (flat clipping); ``weights`` None means
+        all ones. ``losses[i]`` is the weighted mean loss (0 for all-zero weights). Written
+        into ``out`` when given.
+
+        Per-sample gradients come from ``vmap`` over nodes of ``vmap`` over samples of
+        ``grad``, a block of nodes (or of one node's samples) at a time so that they take
+        at most ``PER_SAMPLE_GRAD_BUDGET`` bytes (64 MiB) at once.
+        """
+        n, batch = x.shape[:2]
+        sample_bytes = params.shape[1] * params.element_size()
+        samples = max(1, min(batch, PER_SAMPLE_GRAD_BUDGET // sample_bytes))
+        nodes = max(1, PER_SAMPLE_GRAD_BUDGET // (sample_bytes * samples)) if samples == batch else 1
+        out = torch.empty_like(params) if out is None else out
+        sample_losses = params.new_empty(n, batch)
+        for first in range(0, n, nodes):
+            rows = slice(first, first + nodes)
+            sums = out[rows].zero_()
+            for start in range(0, batch, samples):
+                cols = slice(start, start + samples)
+                grads, sample_losses[rows, cols] = self._sample_grads(
+                    params[rows], x[rows, cols], y[rows, cols]
+                )
+                scale = clip_factors(grads.norm(dim=-1), clip_norm)
+                if weights is not None:
+                    scale.mul_(weights[rows, cols])
+                sums.unsqueeze(1).baddbmm_(scale.unsqueeze(1), grads)
+        return out, weighted_mean_loss(sample_losses.detach(), weights)
+
 
 def stacked_gradient(model: nn.Module, spec: ParamSpec) -> BatchedSequentialGrad | VmapGrad:
     """The fastest exact per-node gradient path for ``model``."""
     if is_batchable_sequential(model):
         return BatchedSequentialGrad(model, spec)
     return VmapGrad(model, spec)
-
-
-def sample_batches(
-    padded_indices: torch.Tensor, sizes: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Batch:
-    """A uniform batch from each node's own data, drawn without replacement.
-
-    ``padded_indices[n, m]`` holds each node's global sample indices (right-padded),
-    ``sizes[n]`` how many are real. Node i draws ``min(batch_size, sizes[i])`` distinct
-    samples: a batch larger than a node's data is the node's whole data, each sample once
-    (never refilled by resampling, which would weigh some samples twice and cost memory
-    in ``batch_size`` rather than in the data). The batch width is
-    ``B = min(batch_size, m)``; positions past a node's draw are padding of weight 0, and
-    the other weights are ``1 / min(batch_size, sizes[i])``, so the loss is the mean over
-    the node's real samples. When every node has at least ``batch_size`` samples there is
-    no padding and ``weights`` is None. Batches of different steps are independent draws.
-    """
-    n, m = padded_indices.shape
-    width = min(batch_size, m)
-    keys = torch.rand(n, m, generator=generator)
-    keys[torch.arange(m).unsqueeze(0) >= sizes.unsqueeze(1)] = 2.0  # padding sorts last
-    positions = keys.argsort(dim=1, stable=True)[:, :width]
-    if int(sizes.min()) >= batch_size:
-        return Batch(padded_indices.gather(1, positions))
-    drawn = sizes.clamp(max=batch_size).unsqueeze(1)
-    real = torch.arange(width).unsqueeze(0) < drawn
-    positions = torch.where(real, positions, 0)  # padding reads the node's first sample
-    weights = real / drawn.to(torch.float32)
-    return Batch(padded_indices.gather(1, positions), weights)

@@ -5,12 +5,32 @@ from __future__ import annotations
 import pytest
 import torch
 
+from privlab.context import RoundContext
 from privlab.data import make_federated
-from privlab.engine import ENGINES, LocalTraining
+from privlab.engine import ENGINES
 from privlab.models import build_model
-from privlab.protocol import Observer, Protocol
-from privlab.topology import build_topology
-from privlab.training import SGDConfig
+from privlab.observe import Observer
+from privlab.protocol import Protocol
+from privlab.rng import NodeStreams
+from privlab.topology import Topology, build_topology
+from privlab.training import LocalTraining, SGDConfig
+
+
+def set_up(protocol: Protocol, topology: Topology, dim: int, seed: int = 0) -> Protocol:
+    """``protocol`` set up on ``topology`` alone (one sample per node), for calling its
+    ``send`` and ``receive`` directly."""
+    n = topology.num_nodes
+    context = RoundContext(
+        num_nodes=n,
+        dim=dim,
+        topology=topology,
+        training=LocalTraining(),
+        node_indices=torch.arange(n).unsqueeze(1),
+        node_sizes=torch.ones(n, dtype=torch.int64),
+        streams=NodeStreams(seed),
+    )
+    protocol.setup(context)
+    return protocol
 
 
 def make_engine(
@@ -25,6 +45,7 @@ def make_engine(
     model_options: dict | None = None,
     training: LocalTraining | None = None,
     observer: Observer | None = None,
+    gradient=None,
     seed: int = 0,
 ):
     """An engine of ``kind`` ("vectorized" or "loop") on a small digits federation."""
@@ -40,7 +61,9 @@ def make_engine(
     options = topology_options if topology_options is not None else {"degree": 4}
     topo = build_topology(topology, nodes, seed=seed, **options)
     training = training or LocalTraining(batch_size=8, sgd=SGDConfig(lr=0.1))
-    return ENGINES[kind](net, data, topo, protocol, training, seed=seed, observer=observer)
+    return ENGINES[kind](
+        net, data, topo, protocol, training, seed=seed, observer=observer, gradient=gradient
+    )
 
 
 @pytest.fixture

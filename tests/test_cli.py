@@ -98,10 +98,10 @@ def interrupt_in_send(monkeypatch, at_round: int, how) -> None:
     """Make D-PSGD's send (mid-round: after local training) interrupt at ``at_round``."""
     original = DecentralizedSGD.send
 
-    def send(self, params, plan, round, rng):
+    def send(self, params, plan, round, exchange):
         if round == at_round:
             how()
-        return original(self, params, plan, round, rng)
+        return original(self, params, plan, round, exchange)
 
     monkeypatch.setattr(DecentralizedSGD, "send", send)
 
@@ -166,7 +166,37 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
             "num_nodes * degree must be even",
         ),
         ({"topology": {"name": "ring", "degree": 3}}, "degree"),
-        ({"protocol": {"name": "epidemic"}}, "protocol 'epidemic' needs topology 'el-oracle'"),
+        ({"protocol": {"name": "epidemic"}}, "it needs a dynamic topology ('el-oracle' or"),
+        (
+            {"gradient": {"name": "dp-sgd", "noise_multiplier": 0}},
+            "gradient.noise_multiplier must be > 0 and finite, got 0",
+        ),
+        (
+            {"gradient": {"name": "dp-sgd", "noise_multiplier": float("nan")}},
+            "gradient.noise_multiplier must be > 0 and finite, got nan",
+        ),
+        (
+            {"gradient": {"name": "dp-sgd", "max_grad_norm": -1.0}},
+            "gradient.max_grad_norm must be > 0 and finite, got -1.0",
+        ),
+        (
+            {"gradient": {"name": "dp-sgd", "sampling": "uniform"}},
+            "gradient.sampling must be one of 'poisson', 'shuffle', got 'uniform'",
+        ),
+        (
+            {"gradient": {"name": "dp-sgd", "sample_rate": 1.5}},
+            "gradient.sample_rate must be in (0, 1], got 1.5",
+        ),
+        (
+            {"gradient": {"name": "dp-sgd", "sample_rate": 0.0}},
+            "gradient.sample_rate must be in (0, 1], got 0.0",
+        ),
+        ({"gradient": {"name": "dp-sgd", "clip": 1.0}}, "unknown option 'gradient.clip'"),
+        ({"gradient": {"name": "dpsgd"}}, "gradient mechanism 'dpsgd' is now called 'dp-sgd'"),
+        ({"privacy": {"delta": 2.0}}, "privacy.delta must be in (0, 1), got 2.0"),
+        ({"privacy": {"delta": 0.0}}, "privacy.delta must be in (0, 1), got 0.0"),
+        ({"privacy": {"accountant": "moments"}}, "privacy.accountant: input should be 'rdp'"),
+        ({"engine": "gpu"}, "unknown engine 'gpu'; valid: loop, vectorized"),
         ({"observer": {"curious_nodes": [7]}}, "observer.curious_nodes must be in [0, 6)"),
     ],
 )

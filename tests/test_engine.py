@@ -145,7 +145,7 @@ def test_d_psgd_on_doubly_stochastic_weights_preserves_the_mean(engine_factory):
     engine.run_round(0)
     trained = engine.params.clone()
     plan = engine.topology.plan(1)
-    mixed = engine.protocol.receive(trained, engine.protocol.send(trained, plan, 1, None), plan)
+    mixed = engine.protocol.receive(trained, engine.protocol.send(trained, plan, 1, 0), plan, 1, 0)
     assert torch.allclose(mixed.mean(dim=0), trained.mean(dim=0), atol=1e-6)
     spread = lambda p: (p - p.mean(dim=0)).pow(2).sum()  # noqa: E731
     assert spread(mixed) < 0.9 * spread(trained)

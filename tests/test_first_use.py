@@ -159,10 +159,10 @@ def test_a_huge_learning_rate_stops_the_run_with_exit_3(tmp_path, capsys):
 def test_a_diverged_run_keeps_the_rounds_before_it(tmp_path, capsys, monkeypatch):
     original = DecentralizedSGD.send
 
-    def send(self, params, plan, round, rng):
+    def send(self, params, plan, round, exchange):
         if round == 5:
             params[2, 0] = float("inf")  # node 2's model blows up during round 5
-        return original(self, params, plan, round, rng)
+        return original(self, params, plan, round, exchange)
 
     monkeypatch.setattr(DecentralizedSGD, "send", send)
     out, summary = run_until_it_diverges(tmp_path, capsys, [])

@@ -13,7 +13,7 @@ from conftest import make_engine
 from toy_protocols import PseudonymousChunks
 
 from privlab.mechanisms import DecentralizedSGD
-from privlab.protocol import Observation, ObservationLog, Observer, threat_model_from
+from privlab.observe import Observation, ObservationLog, Observer, threat_model_from
 
 CHUNK = 100_000
 """Bytes per chunk: the parties see 44 kB a round, so chunks hold 3 rounds (4 chunks + 2 left)."""
@@ -37,9 +37,9 @@ class Tee:
     def __init__(self, *observers: Observer):
         self.observers, self.peak_bytes = observers, 0
 
-    def record(self, round: int, messages) -> None:
+    def record(self, round: int, exchange: int, messages) -> None:
         for observer in self.observers:
-            observer.record(round, messages)
+            observer.record(round, exchange, messages)
         self.peak_bytes = max(self.peak_bytes, self.observers[1].log.memory_bytes())
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import set_up
 from scipy import stats
 from toy_protocols import MaskedSum, PerReceiverNoise, PseudonymousChunks, Rumor
 
 from privlab.errors import PrivlabError
 from privlab.mechanisms import DecentralizedSGD
-from privlab.protocol import (
-    INDEX_BYTES,
-    Messages,
-    ObservationLog,
-    Observer,
-    ThreatModel,
-    threat_model_from,
-)
+from privlab.observe import ObservationLog, Observer, ThreatModel, threat_model_from
+from privlab.protocol import INDEX_BYTES, Messages
 from privlab.topology import build_topology
 
 
@@ -55,11 +50,13 @@ def test_malformed_messages_are_refused():
 
 
 def record_round(threat: ThreatModel, protocol, n=8, rounds=2):
-    plan = plan_of(n=n).plan(0)
+    topology = plan_of(n=n)
+    plan = topology.plan(0)
+    set_up(protocol, topology, 5)
     observer = Observer(threat, n, 5)
     params = torch.randn(n, 5)
     for t in range(rounds):
-        observer.record(t, protocol.send(params, plan, t, torch.Generator().manual_seed(t)))
+        observer.record(t, 0, protocol.send(params, plan, t, 0))
     return observer.log, plan, params
 
 
@@ -129,13 +126,13 @@ def test_invalid_threat_models_name_the_field():
 
 
 def test_per_receiver_payloads_differ_and_cancel_in_the_network_sum():
-    protocol, plan = PerReceiverNoise(sigma=1.0), plan_of().plan(0)
+    protocol, plan = set_up(PerReceiverNoise(sigma=1.0), plan_of(), 6), plan_of().plan(0)
     params = torch.randn(8, 6)
-    msgs = protocol.send(params, plan, 0, torch.Generator().manual_seed(0))
+    msgs = protocol.send(params, plan, 0, 0)
     from_zero = msgs.payload[msgs.src == 0]
     assert not torch.allclose(from_zero[0], from_zero[1])
     assert (from_zero - params[0]).abs().mean() > 0.3  # each receiver sees a noisy model
-    mixed = protocol.receive(params, msgs, plan)  # MH on a 4-regular graph: weights 1/5
+    mixed = protocol.receive(params, msgs, plan, 0, 0)  # MH on a 4-regular graph: weights 1/5
     assert torch.allclose(mixed.sum(dim=0), params.sum(dim=0), atol=1e-5)
 
 
@@ -152,29 +149,30 @@ def test_chunks_carry_indices_and_pseudonyms_only():
 
 
 def test_masked_messages_hide_the_model_and_reveal_the_sum():
-    protocol, plan = MaskedSum(), plan_of().plan(0)
+    protocol, plan = set_up(MaskedSum(), plan_of(), 400), plan_of().plan(0)
     params = torch.randn(8, 400)
-    msgs = protocol.send(params, plan, 0, torch.Generator().manual_seed(0))
+    msgs = protocol.send(params, plan, 0, 0)
     wire = msgs.payload.numpy().view(np.uint64)[msgs.dst.numpy() == 0]
     uniform = wire[0].astype(np.float64) / 2.0**64
     assert stats.kstest(uniform, "uniform").pvalue > 1e-3
     assert abs(np.corrcoef(uniform, params[int(msgs.src[msgs.dst == 0][0])].numpy())[0, 1]) < 0.2
     expected = DecentralizedSGD().receive(
-        params, DecentralizedSGD().send(params, plan, 0, None), plan
+        params, DecentralizedSGD().send(params, plan, 0, 0), plan, 0, 0
     )
-    assert (protocol.receive(params, msgs, plan) - expected).abs().max() < 4 * 2.0**-24 + 1e-6
+    assert (protocol.receive(params, msgs, plan, 0, 0) - expected).abs().max() < 4 * 2.0**-24 + 1e-6
 
 
 def test_rumor_first_spy_sees_the_front_of_the_spread():
     n, protocol = 8, Rumor(source=0)
     topology = build_topology("ring", n)
+    set_up(protocol, topology, 3)
     observer = Observer(threat_model_from(curious_nodes=[4]), n, 1)
     state = protocol.initial_state(torch.zeros(n, 3))
     for t in range(4):
         plan = topology.plan(t)
-        msgs = protocol.send(state, plan, t, torch.Generator())
-        observer.record(t, msgs)
-        state = protocol.receive(state, msgs, plan)
+        msgs = protocol.send(state, plan, t, 0)
+        observer.record(t, 0, msgs)
+        state = protocol.receive(state, msgs, plan, t, 0)
     first = observer.log.observations[0]
     assert first.round == 3 and sorted(first.sender.tolist()) == [3, 5]
     assert state.flatten().tolist() == [1.0] * n

@@ -15,7 +15,6 @@ from privlab.training import (
     StackedSGD,
     VmapGrad,
     is_batchable_sequential,
-    sample_batches,
     stacked_gradient,
 )
 
@@ -117,40 +116,6 @@ def test_stacked_sgd_equals_torch_sgd(config):
 def test_invalid_sgd_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SGDConfig(**kwargs)
-
-
-def test_sample_batches_draws_from_each_nodes_own_data():
-    padded = torch.tensor([[0, 1, 2, 3, 4, 5], [10, 11, -1, -1, -1, -1], [20, 21, 22, 23, -1, -1]])
-    sizes = torch.tensor([6, 2, 4])
-    batch = sample_batches(padded, sizes, 4, torch.Generator().manual_seed(0))
-    assert batch.indices.shape == batch.weights.shape == (3, 4)
-    assert set(batch.indices[0].tolist()) <= set(range(6))
-    assert len(set(batch.indices[0].tolist())) == 4
-    assert sorted(batch.indices[1, :2].tolist()) == [10, 11]  # fewer samples than the batch
-    assert batch.weights[1].tolist() == [0.5, 0.5, 0.0, 0.0]  # padding has weight 0
-    assert sorted(batch.indices[2].tolist()) == [20, 21, 22, 23]
-    assert torch.allclose(batch.weights[[0, 2]], torch.full((2, 4), 0.25))
-    counts = torch.zeros(6)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(3000):
-        draw = sample_batches(padded, sizes, 2, generator)
-        assert draw.weights is None  # every node has at least 2 samples: no mask
-        counts += torch.bincount(draw.indices[0], minlength=6)
-    assert torch.allclose(counts / counts.sum(), torch.full((6,), 1 / 6), atol=0.01)
-
-
-def test_a_batch_larger_than_the_data_is_the_whole_data_once():
-    padded = torch.tensor([[10, 11, 12, -1, -1], [20, 21, 22, 23, 24]])
-    sizes = torch.tensor([3, 5])
-    generator = torch.Generator().manual_seed(2)
-    for batch_size in (4, 5, 10**12):
-        batch = sample_batches(padded, sizes, batch_size, generator)
-        assert batch.indices.shape == (2, min(batch_size, 5))  # never wider than the data
-        real = batch.weights > 0
-        assert sorted(batch.indices[0][real[0]].tolist()) == [10, 11, 12]  # each sample once
-        assert real.sum(dim=1).tolist() == [3, min(batch_size, 5)]
-        assert torch.allclose(batch.weights.sum(dim=1), torch.ones(2))
-        assert set(batch.indices[0].tolist()) <= {10, 11, 12}  # padding reads a real sample
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])

@@ -347,9 +347,10 @@ class BatchedSequentialGrad:
         sample_losses, delta, saved = self._forward_backward(params, x, y)
         layers = list(self._backward(params, delta, saved))
         squared_norms = torch.zeros_like(sample_losses)
-        for layer, layer_delta, h in layers:
-            delta_norms = layer_delta.square().sum(dim=-1)
-            squared_norms.addcmul_(delta_norms, h.square().sum(dim=-1))
+        for layer, layer_delta, h in layers:  # norms reduce without a temporary [n, B, width]
+            delta_norms = torch.linalg.vector_norm(layer_delta, dim=-1).square_()
+            input_norms = torch.linalg.vector_norm(h, dim=-1).square_()
+            squared_norms.addcmul_(delta_norms, input_norms)
             if layer.bias is not None:
                 squared_norms.add_(delta_norms)
         scale = clip_factors(squared_norms.sqrt_(), clip_norm)
@@ -372,24 +373,38 @@ class VmapGrad:
         self.model = model
         self.spec = spec
 
+        # gradients are taken with respect to the named parameter tensors, not the flat
+        # row: differentiating through the row's slices would add a full-size zero tensor
+        # per parameter (and per sample) in the backward pass
         def loss(
-            row: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None
+            tensors: dict[str, torch.Tensor],
+            x: torch.Tensor,
+            y: torch.Tensor,
+            weights: torch.Tensor | None,
         ) -> torch.Tensor:
-            logits = functional_call(model, spec.unflatten(row), (x,))
-            return weighted_cross_entropy(logits, y, weights)
+            return weighted_cross_entropy(functional_call(model, tensors, (x,)), y, weights)
 
-        def sample_loss(row: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(model, spec.unflatten(row), (x.unsqueeze(0),))
+        def sample_loss(
+            tensors: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        ) -> torch.Tensor:
+            logits = functional_call(model, tensors, (x.unsqueeze(0),))
             return F.cross_entropy(logits, y.unsqueeze(0))
 
         self._grad = vmap(grad_and_value(loss), in_dims=(0, 0, 0, None))
         self._weighted_grad = vmap(grad_and_value(loss))
-        # per-sample gradients [n, B, D] and losses [n, B]: over nodes, then over samples
+        # per-sample gradients and losses [n, B]: over nodes, then over samples
         self._sample_grads = vmap(vmap(grad_and_value(sample_loss), in_dims=(None, 0, 0)))
         self._logits = vmap(lambda row, x: functional_call(model, spec.unflatten(row), (x,)))
         self._logits_shared = vmap(
             lambda row, x: functional_call(model, spec.unflatten(row), (x,)), in_dims=(0, None)
         )
+
+    def _flat(
+        self, grads: dict[str, torch.Tensor], lead: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Named gradients ``[*lead, *shape]`` as one flat ``[*lead, D]`` tensor."""
+        pieces = [grads[s.name].flatten(start_dim=lead) for s in self.spec.slots]
+        return torch.cat(pieces, dim=-1) if out is None else torch.cat(pieces, dim=-1, out=out)
 
     def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._logits(params, x)
@@ -408,8 +423,8 @@ class VmapGrad:
         """Gradients ``[n, D]`` (written into ``out`` when given) and losses ``[n]`` of the
         loss weighted by ``weights[n, B]`` (see ``Batch``), or of the mean loss."""
         path = self._grad if weights is None else self._weighted_grad
-        grads, losses = path(params, x, y, weights)
-        return (grads if out is None else out.copy_(grads)), losses
+        grads, losses = path(self.spec.unflatten(params), x, y, weights)
+        return self._flat(grads, 1, out), losses
 
     def clipped_sum(
         self,
@@ -420,13 +435,10 @@ class VmapGrad:
         clip_norm: float,
         out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-node sums ``[n, D]`` of clipped per-sample gradients, and losses ``[n]``.
-
-        ``sums[i] = sum_b w[i, b] g_ib min(1, C / (||g_ib|| + 1e-6))`` (DP-SGD, Abadi et
-        al. 2016; Opacus's formula) with ``g_ib`` the gradient of sample ``b``'s loss and
-        ``||.||`` the L2 norm over all parameters (flat clipping); ``weights`` None means
-        all ones. ``losses[i]`` is the weighted mean loss (0 for all-zero weights). Written
-        into ``out`` when given.
+        """What ``BatchedSequentialGrad.clipped_sum`` computes, for any buffer-free module:
+        per node, the ``w``-weighted sum ``[n, D]`` of per-sample gradients each clipped by
+        ``min(1, C / (||g|| + 1e-6))``, the norm taken over all parameters at once (flat
+        clipping, Abadi et al. 2016), and the weighted mean loss ``[n]``.
 
         Per-sample gradients come from ``vmap`` over nodes of ``vmap`` over samples of
         ``grad``, a block of nodes (or of one node's samples) at a time so that they take
@@ -434,8 +446,9 @@ class VmapGrad:
         """
         n, batch = x.shape[:2]
         sample_bytes = params.shape[1] * params.element_size()
+        # all samples of as many nodes as fit, else as many samples of one node as fit
         samples = max(1, min(batch, PER_SAMPLE_GRAD_BUDGET // sample_bytes))
-        nodes = max(1, PER_SAMPLE_GRAD_BUDGET // (sample_bytes * samples)) if samples == batch else 1
+        nodes = max(1, PER_SAMPLE_GRAD_BUDGET // (sample_bytes * samples))
         out = torch.empty_like(params) if out is None else out
         sample_losses = params.new_empty(n, batch)
         for first in range(0, n, nodes):
@@ -443,14 +456,15 @@ class VmapGrad:
             sums = out[rows].zero_()
             for start in range(0, batch, samples):
                 cols = slice(start, start + samples)
-                grads, sample_losses[rows, cols] = self._sample_grads(
-                    params[rows], x[rows, cols], y[rows, cols]
+                named, sample_losses[rows, cols] = self._sample_grads(
+                    self.spec.unflatten(params[rows]), x[rows, cols], y[rows, cols]
                 )
+                grads = self._flat(named, 2)
                 scale = clip_factors(grads.norm(dim=-1), clip_norm)
                 if weights is not None:
                     scale.mul_(weights[rows, cols])
                 sums.unsqueeze(1).baddbmm_(scale.unsqueeze(1), grads)
-        return out, weighted_mean_loss(sample_losses.detach(), weights)
+        return out, weighted_mean_loss(sample_losses, weights)
 
 
 def stacked_gradient(model: nn.Module, spec: ParamSpec) -> BatchedSequentialGrad | VmapGrad:

@@ -1,0 +1,68 @@
+"""One seed tree: per-node streams that any block of nodes reproduces alone."""
+
+from __future__ import annotations
+
+import torch
+
+from privlab.config import parse_config
+from privlab.experiment import build
+from privlab.rng import NodeStreams
+
+
+def test_a_nodes_numbers_do_not_depend_on_the_other_nodes_drawn():
+    streams = NodeStreams(11)
+    everyone = streams.normal("noise", 3, 1, range(10), 50)
+    for block in ([4], [7, 2], [0, 5, 9]):
+        assert torch.equal(streams.normal("noise", 3, 1, block, 50), everyone[block])
+    uniform = streams.uniform("batch", 3, 1, range(10), 20)
+    assert torch.equal(streams.uniform("batch", 3, 1, [6], 20), uniform[[6]])
+    assert 0 <= float(uniform.min()) and float(uniform.max()) < 1
+
+
+def test_every_key_gives_a_different_stream():
+    streams = NodeStreams(0)
+    base = streams.normal("noise", 1, 0, [0], 100)
+    for other in (
+        streams.normal("noise", 2, 0, [0], 100),  # round
+        streams.normal("noise", 1, 1, [0], 100),  # step
+        streams.normal("noise", 1, 0, [1], 100),  # node
+        streams.normal("batch", 1, 0, [0], 100),  # purpose
+        NodeStreams(1).normal("noise", 1, 0, [0], 100),  # seed
+    ):
+        assert not torch.equal(base, other)
+    assert torch.equal(base, NodeStreams(0).normal("noise", 1, 0, [0], 100))
+
+
+def test_a_node_listed_on_several_edges_draws_one_block_of_its_stream():
+    streams = NodeStreams(5)
+    edges = streams.normal("protocol", 2, 0, [3, 1, 3, 0, 1, 3], 8)
+    assert torch.equal(edges[[0, 2, 5]], streams.normal("protocol", 2, 0, [3, 3, 3], 8))
+    assert torch.equal(edges[[1, 4]], streams.normal("protocol", 2, 0, [1, 1], 8))
+    assert not torch.equal(edges[0], edges[2])  # two edges of one node: two draws
+    flat = edges.flatten()
+    assert abs(float(flat.mean())) < 0.3 and abs(float(flat.std()) - 1) < 0.3
+
+
+def test_data_partition_and_graph_derive_from_the_one_seed():
+    def parts(seed: int):
+        config = parse_config(
+            {
+                "seed": seed,
+                "nodes": 8,
+                "data": {"dataset": "synthetic", "options": {"num_samples": 400}},
+                "topology": {"name": "regular", "degree": 3},
+            }
+        )
+        experiment = build(config)
+        plan = experiment.topology.plan(1)
+        return (
+            experiment.data.dataset.X,
+            [list(node) for node in experiment.data.node_indices],
+            set(zip(plan.src.tolist(), plan.dst.tolist())),
+        )
+
+    first, again, other = parts(1), parts(1), parts(2)
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    assert not torch.equal(first[0], other[0])  # the synthetic data
+    assert first[1] != other[1]  # the partition
+    assert first[2] != other[2]  # the random graph

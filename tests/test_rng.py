@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from privlab.config import parse_config
@@ -66,3 +67,21 @@ def test_data_partition_and_graph_derive_from_the_one_seed():
     assert not torch.equal(first[0], other[0])  # the synthetic data
     assert first[1] != other[1]  # the partition
     assert first[2] != other[2]  # the random graph
+
+
+def test_uniforms_are_the_splitmix64_stream_of_each_nodes_seed():
+    streams = NodeStreams(9)
+    (seed,) = streams.node_seeds("batch", 2, 1, [4])
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + np.arange(1, 7, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    expected = (z >> np.uint64(40)).astype(np.float64) / 2**24
+    drawn = streams.uniform("batch", 2, 1, [4], 6)[0].double().numpy()
+    assert np.array_equal(drawn, expected)
+    # a node listed twice continues its stream in its second row
+    twice = streams.uniform("batch", 2, 1, [4, 0, 4], 3)
+    assert torch.equal(twice[[0, 2]].flatten(), streams.uniform("batch", 2, 1, [4], 6)[0])
+    many = streams.uniform("batch", 0, 0, range(2000), 50)
+    assert abs(float(many.mean()) - 0.5) < 0.01 and abs(float(many.var()) - 1 / 12) < 0.005

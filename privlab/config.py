@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -111,6 +112,28 @@ class ObserverConfig(_Section):
     rounds: list[int] | None = Field(None, min_length=1)
 
 
+class EvaluationConfig(_Section):
+    """What an evaluation covers (every ``eval_every`` rounds): ``test_accuracy`` and
+    ``train_loss`` of ``nodes`` nodes (null: every node) on ``test_samples`` test samples
+    (null: the whole test set). Both are fixed samples drawn once from the seed, the same
+    at every evaluation and on either engine; a value above what the run has means all.
+    ``consensus_distance`` always covers every node. One evaluation costs about nodes x
+    test samples forward passes: the default of 256 nodes evaluates every node of a
+    network up to 256 nodes (``privlab.engine.EVAL_NODES``) and bounds larger ones."""
+
+    nodes: int | None = 256
+    test_samples: int | None = None
+
+    @field_validator("nodes", "test_samples")
+    @classmethod
+    def _at_least_one(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(
+                f"evaluation.{info.field_name} must be an integer >= 1 or null (all), got {value!r}"
+            )
+        return value
+
+
 class ExperimentConfig(_Section):
     """One experiment: data, model, topology, protocol, training, and who observes.
 
@@ -133,6 +156,7 @@ class ExperimentConfig(_Section):
     gradient: GradientConfig | None = None
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     observer: ObserverConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @field_validator("name")
     @classmethod

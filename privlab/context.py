@@ -96,7 +96,13 @@ class RoundContext:
 def _node_ids(nodes: torch.Tensor | None, num_nodes: int) -> torch.Tensor | None:
     if nodes is None:
         return None
-    ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
-    if len(ids) and not (0 <= int(ids.min()) and int(ids.max()) < num_nodes):
+    ids = torch.as_tensor(nodes).reshape(-1)
+    if len(ids) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    # a boolean mask or float ids cast to int64 would silently charge the wrong nodes
+    if ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        raise PrivlabError(f"emitted node ids must be integer node ids, got dtype {ids.dtype}")
+    ids = ids.to(torch.int64)
+    if not (0 <= int(ids.min()) and int(ids.max()) < num_nodes):
         raise PrivlabError(f"emitted node ids must be in [0, {num_nodes})")
     return ids

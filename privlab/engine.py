@@ -13,6 +13,11 @@ One round (``run_round``): the protocol's plan of who talks to whom; local SGD s
 the protocol's exchanges, ``protocol.send``, the observer records what curious parties
 receive, ``protocol.receive``. What the components emitted through the round context
 (privacy events, metrics) comes back in the ``RoundReport``.
+
+Evaluation (``evaluate``) measures test accuracy and train loss on ``eval_nodes`` (every
+node, or a fixed sample of ``eval_nodes`` of them) and ``test_indices`` (the test set, or
+a fixed subsample), both drawn once from the seed, so every evaluation of a run and both
+engines cover the same nodes and samples; consensus distance covers every node.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import abc
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from privlab.context import Emissions, RoundContext
-from privlab.errors import PrivlabError, check
+from privlab.errors import PrivlabError, check, is_integer
 from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
 from privlab.observe import Observer
@@ -34,11 +40,12 @@ from privlab.partition import FederatedData
 from privlab.plan import CommPlan
 from privlab.protocol import Messages, Protocol
 from privlab.registry import Registry
-from privlab.rng import NodeStreams
+from privlab.rng import NodeStreams, numpy_generator
 from privlab.sampling import Batch, shuffle_batches
 from privlab.state import ParamSpec
 from privlab.topology import Topology
 from privlab.training import (
+    BatchedSequentialGrad,
     LocalTraining,
     StackedSGD,
     clipped_grad_autograd,
@@ -51,6 +58,14 @@ EVAL_BUDGET = 8 * 2**20
 enough to stay in cache, which made evaluation about 3x faster than 250 MiB blocks."""
 EVAL_SAMPLES = 256
 """Training samples per node on which ``train_loss`` is evaluated, by default."""
+EVAL_NODES = 256
+"""Nodes evaluated for ``test_accuracy`` and ``train_loss``, by default: every node of a
+network up to this size, a fixed sample of this many in a larger one (the config's
+``evaluation.nodes``). One evaluation costs about nodes x test samples forwards."""
+SAMPLED_METRICS = ("test_accuracy", "train_loss")
+"""The metrics ``Engine.evaluate`` computes on ``Engine.eval_nodes`` only."""
+_IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
+"""In-place forms of the activations ``BatchedSequentialGrad`` handles."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,8 @@ class Engine(abc.ABC):
         observer: Observer | None = None,
         gradient: GradientMechanism | None = None,
         eval_samples: int = EVAL_SAMPLES,
+        eval_nodes: int | None = EVAL_NODES,
+        eval_test_samples: int | None = None,
     ):
         check(
             topology.num_nodes == data.num_nodes,
@@ -113,9 +130,18 @@ class Engine(abc.ABC):
         self.nodes = torch.arange(self.num_nodes)
         self.X, self.y = data.dataset.X, data.dataset.y
         self.node_indices, self.node_sizes = data.padded_node_indices()
-        self.test_indices = torch.tensor(data.test_indices, dtype=torch.int64)
+        # what an evaluation covers, drawn once from the seed: the same at every evaluation
+        for name, value in (("eval_nodes", eval_nodes), ("eval_test_samples", eval_test_samples)):
+            valid = value is None or (is_integer(value) and value >= 1)
+            check(valid, name, "an integer >= 1 or None (all)", value)
+        self.eval_nodes = _sample(self.num_nodes, eval_nodes, seed, "evaluation-nodes")
+        test_indices = torch.tensor(data.test_indices, dtype=torch.int64)
+        self.num_test = len(test_indices)
+        self.test_indices = test_indices[
+            _sample(self.num_test, eval_test_samples, seed, "evaluation-test-samples")
+        ]
         self.eval_indices, self.eval_mask = _evaluation_subset(
-            self.node_indices, self.node_sizes, eval_samples
+            self.node_indices[self.eval_nodes], self.node_sizes[self.eval_nodes], eval_samples
         )
         self.context = RoundContext(
             num_nodes=self.num_nodes,
@@ -180,11 +206,13 @@ class Engine(abc.ABC):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Per-node metrics ``[n]``: test_accuracy (with a test set), train_loss,
-        consensus_distance.
+        """Per-node metrics: test_accuracy (with a test set) and train_loss ``[k]`` of the
+        evaluated nodes ``eval_nodes``, consensus_distance ``[n]`` of every node
+        (``metric_nodes`` says which nodes a metric's values belong to).
 
-        ``train_loss`` is the mean loss on (up to ``eval_samples`` of) the node's own
-        training data; ``consensus_distance`` is ``||x_v - mean_u x_u||^2``.
+        ``test_accuracy`` is measured on ``test_indices`` (the whole test set, or a fixed
+        subsample of it); ``train_loss`` is the mean loss on (up to ``eval_samples`` of)
+        the node's own training data; ``consensus_distance`` is ``||x_v - mean_u x_u||^2``.
         """
         params = self.params
         metrics = {"consensus_distance": (params - params.mean(dim=0)).pow(2).sum(dim=1)}
@@ -193,6 +221,16 @@ class Engine(abc.ABC):
                 metrics["test_accuracy"] = self._test_accuracy()
             metrics["train_loss"] = self._train_loss()
         return metrics
+
+    def metric_nodes(self, metric: str) -> torch.Tensor:
+        """The ids of the nodes whose values ``metric`` holds, in order: ``eval_nodes``
+        for the metrics of ``SAMPLED_METRICS``, every node for any other metric."""
+        return self.eval_nodes if metric in SAMPLED_METRICS else self.nodes
+
+    @property
+    def evaluates_all_nodes(self) -> bool:
+        """Whether ``eval_nodes`` is every node (``evaluation.nodes`` null or >= n)."""
+        return len(self.eval_nodes) == self.num_nodes
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -213,10 +251,12 @@ class Engine(abc.ABC):
         """Replace every node's state by what ``protocol.receive`` makes of its inbox."""
 
     @abc.abstractmethod
-    def _test_accuracy(self) -> torch.Tensor: ...
+    def _test_accuracy(self) -> torch.Tensor:
+        """Accuracy ``[k]`` of each of ``eval_nodes`` on ``test_indices``."""
 
     @abc.abstractmethod
-    def _train_loss(self) -> torch.Tensor: ...
+    def _train_loss(self) -> torch.Tensor:
+        """Loss ``[k]`` of each of ``eval_nodes`` on its ``eval_indices``."""
 
 
 ENGINES: Registry[type[Engine]] = Registry("engine")
@@ -227,7 +267,8 @@ class VectorizedEngine(Engine):
     """All nodes in one ``[n, D]`` tensor; one batched gradient call per local step.
 
     Evaluation runs in blocks of nodes x samples whose widest activation tensor stays
-    within ``eval_budget`` bytes, so its memory does not grow with ``n``.
+    within ``eval_budget`` bytes, so its memory does not grow with ``n`` (nor with the
+    number of evaluated nodes or test samples).
     """
 
     def __init__(self, *args, eval_budget: int = EVAL_BUDGET, **kwargs):
@@ -266,30 +307,72 @@ class VectorizedEngine(Engine):
     ) -> None:
         self._params = self.protocol.receive(params, messages, plan, round, exchange)
 
+    def _evaluated_params(self) -> torch.Tensor:
+        """The parameters ``[k, D]`` of ``eval_nodes``: gathered once per evaluation (the
+        ``[n, D]`` tensor itself when every node is evaluated)."""
+        if self.evaluates_all_nodes:
+            return self._params
+        return self._params.index_select(0, self.eval_nodes)
+
     def _node_block(self, samples: int) -> int:
         """Nodes per evaluation block on ``samples`` samples each, within the budget."""
         return max(1, self._eval_budget // (samples * self._activation_bytes))
 
     def _test_accuracy(self) -> torch.Tensor:
+        params = self._evaluated_params()
         # as many samples per block as the budget allows: the parameters are read once
         chunk = max(1, min(len(self.test_indices), self._eval_budget // self._activation_bytes))
         block = self._node_block(chunk)
-        correct = torch.zeros(self.num_nodes)
+        # two activation buffers, reused by every layer of every block (fresh tensors of
+        # this size made the MLP's evaluation about 1.5x slower)
+        size = min(block, len(params)) * chunk * (self._activation_bytes // 4)
+        buffers = (torch.empty(size), torch.empty(size))
+        correct = torch.zeros(len(params))
         for samples in self.test_indices.split(chunk):
-            x, y = self.X[samples], self.y[samples]
-            for start in range(0, self.num_nodes, block):
-                logits = self._gradient.forward_shared(self._params[start : start + block], x)
+            x = self._X_rows.index_select(0, samples).view(len(samples), *self.X.shape[1:])
+            y = self.y.index_select(0, samples)
+            for start in range(0, len(params), block):
+                logits = self._shared_logits(params[start : start + block], x, buffers)
                 correct[start : start + block] += (logits.argmax(dim=-1) == y).sum(dim=1)
         return correct / len(self.test_indices)
 
-    def _train_loss(self) -> torch.Tensor:
-        block = self._node_block(self.eval_indices.shape[1])
-        starts = range(0, self.num_nodes, block)
-        return torch.cat([self._block_train_loss(slice(s, s + block)) for s in starts])
+    def _shared_logits(
+        self, params: torch.Tensor, x: torch.Tensor, buffers: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits ``[b, T, C]`` of the nodes ``params[b, D]`` on the shared inputs
+        ``x[T, ...]``: ``forward_shared``, the MLP path writing each layer's output into
+        ``buffers`` alternately (same operations, same numbers) instead of fresh tensors."""
+        gradient = self._gradient
+        if not isinstance(gradient, BatchedSequentialGrad):
+            return gradient.forward_shared(params, x)
+        n, samples = params.shape[0], x.shape[0]
+        h = x.reshape(samples, -1).unsqueeze(0).expand(n, samples, -1)
+        free, owned = 0, False  # owned: h is a buffer (in-place activations may write it)
+        for layer in gradient.layers:
+            if isinstance(layer, nn.Module):  # an elementwise activation
+                in_place = _IN_PLACE.get(type(layer)) if owned else None
+                h = layer(h) if in_place is None else in_place(h)
+                continue
+            out = buffers[free][: n * samples * layer.out_features]
+            out = out.view(n, samples, layer.out_features)
+            weight = params[:, layer.weight].view(n, layer.out_features, layer.in_features)
+            torch.bmm(h, weight.transpose(1, 2), out=out)
+            if layer.bias is not None:
+                out.add_(params[:, layer.bias].unsqueeze(1))
+            h, free, owned = out, 1 - free, True
+        return h
 
-    def _block_train_loss(self, nodes: slice) -> torch.Tensor:
-        indices, mask = self.eval_indices[nodes], self.eval_mask[nodes]
-        logits = self._gradient.forward(self._params[nodes], self.X[indices])
+    def _train_loss(self) -> torch.Tensor:
+        params = self._evaluated_params()
+        block = self._node_block(self.eval_indices.shape[1])
+        starts = range(0, len(params), block)
+        return torch.cat([self._block_train_loss(params, slice(s, s + block)) for s in starts])
+
+    def _block_train_loss(self, params: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Train loss of the evaluated nodes ``rows`` (positions in ``eval_nodes``);
+        ``params`` holds the evaluated nodes' parameters ``[k, D]``."""
+        indices, mask = self.eval_indices[rows], self.eval_mask[rows]
+        logits = self._gradient.forward(params[rows], self.X[indices])
         n, b, c = logits.shape
         loss = F.cross_entropy(
             logits.reshape(n * b, c), self.y[indices].reshape(-1), reduction="none"
@@ -367,20 +450,33 @@ class LoopEngine(Engine):
 
     def _test_accuracy(self) -> torch.Tensor:
         x, y = self.X[self.test_indices], self.y[self.test_indices]
-        return torch.stack([(m(x).argmax(dim=-1) == y).float().mean() for m in self.models])
+        models = [self.models[node] for node in self.eval_nodes.tolist()]
+        return torch.stack([(m(x).argmax(dim=-1) == y).float().mean() for m in models])
 
     def _train_loss(self) -> torch.Tensor:
         losses = []
-        for node, model in enumerate(self.models):
-            idx = self.eval_indices[node][self.eval_mask[node].bool()]
-            losses.append(F.cross_entropy(model(self.X[idx]), self.y[idx]))
+        for row, node in enumerate(self.eval_nodes.tolist()):
+            idx = self.eval_indices[row][self.eval_mask[row].bool()]
+            losses.append(F.cross_entropy(self.models[node](self.X[idx]), self.y[idx]))
         return torch.stack(losses)
+
+
+def _sample(population: int, size: int | None, seed: int, stream: str) -> torch.Tensor:
+    """``size`` distinct positions in ``range(population)``, sorted, drawn from stream
+    ``stream`` of ``seed``'s tree (``privlab.rng``); all of them, in order, when ``size`` is
+    None or at least ``population``. A pure function of its arguments, so every engine and
+    every evaluation of a run sees the same positions."""
+    if size is None or size >= population:
+        return torch.arange(population)
+    chosen = numpy_generator(seed, stream).choice(population, size, replace=False)
+    return torch.from_numpy(np.sort(chosen)).to(torch.int64)
 
 
 def _evaluation_subset(
     node_indices: torch.Tensor, sizes: torch.Tensor, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` training samples of each node ``[n, k]`` and their mask ``[n, k]``."""
+    """The first ``limit`` training samples of each node ``[k, s]`` and their mask
+    ``[k, s]`` (one row per node of ``node_indices``, the evaluated nodes)."""
     k = min(limit, node_indices.shape[1])
     mask = (torch.arange(k).unsqueeze(0) < sizes.unsqueeze(1)).float()
     return node_indices[:, :k].clamp(min=0), mask

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Exp
             seed=c.seed,
             observer=observer,
             gradient=gradient,
+            eval_nodes=c.evaluation.nodes,
+            eval_test_samples=c.evaluation.test_samples,
         )
     ledger = PrivacyLedger(c.nodes, c.privacy.accountant, c.privacy.delta)
     return Experiment(c, data, model, topology, protocol, gradient, engine, observer, ledger)
@@ -169,7 +172,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     rows: list[tuple[int, int, str, float]] = []
     started = time.perf_counter()
     completed, evaluated, aborted, diverged = 0, 0, False, None
-    _record(rows, 0, engine.evaluate())
+    _record(rows, 0, engine.evaluate(), engine.metric_nodes)
     bar = tqdm(
         range(1, config.rounds + 1),
         desc=config.name,
@@ -186,10 +189,10 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
                     break
                 completed = t
                 ledger.record(report.emitted)
-                _record(rows, t, report.metrics())
+                _record(rows, t, report.metrics(), engine.metric_nodes)
                 if t % config.eval_every == 0 or t == config.rounds or stop.requested:
                     metrics = engine.evaluate() | _epsilon(ledger)
-                    _record(rows, t, metrics)
+                    _record(rows, t, metrics, engine.metric_nodes)
                     evaluated = t
                     if "test_accuracy" in metrics:
                         bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
@@ -289,9 +292,19 @@ def _epsilon(ledger: PrivacyLedger) -> dict[str, torch.Tensor]:
     return {} if epsilon is None else {"epsilon": epsilon}
 
 
-def _record(rows: list, round: int, metrics: dict[str, torch.Tensor]) -> None:
+def _record(
+    rows: list,
+    round: int,
+    metrics: dict[str, torch.Tensor],
+    node_ids: Callable[[str], torch.Tensor],
+) -> None:
+    """Append one ``(round, node, metric, value)`` row per value; ``node_ids(metric)`` are
+    the ids of the nodes whose values ``metric`` holds (``Engine.metric_nodes``)."""
     for name, values in metrics.items():
-        rows.extend((round, node, name, float(v)) for node, v in enumerate(values.tolist()))
+        ids = node_ids(name).tolist()
+        if len(ids) != len(values):
+            raise ValueError(f"metric {name!r} has {len(values)} values for {len(ids)} nodes")
+        rows.extend((round, node, name, float(v)) for node, v in zip(ids, values.tolist()))
 
 
 def _summary(
@@ -300,6 +313,11 @@ def _summary(
     metrics: pd.DataFrame,
     wall_time: float,
 ) -> dict[str, Any]:
+    """What ``summary.json`` holds. ``evaluation`` says what an evaluation covered:
+    ``nodes`` evaluated of ``of_nodes``, on ``test_samples`` of ``of_test_samples`` test
+    samples (``config.evaluation``); ``final_accuracy`` (mean, min, max) is over those
+    evaluated nodes at the last evaluation."""
+    engine = experiment.engine
     accuracy = metrics[metrics.metric == "test_accuracy"]
     final = accuracy[accuracy["round"] == accuracy["round"].max()]["value"]
     summary: dict[str, Any] = {
@@ -310,8 +328,14 @@ def _summary(
         "gradient": None if experiment.gradient is None else experiment.gradient.describe(),
         "topology": experiment.topology.describe(),
         "data": experiment.data.summary(),
-        "parameters": experiment.engine.spec.dim,
+        "parameters": engine.spec.dim,
         "total_bytes": int(metrics[metrics.metric == "bytes_sent"]["value"].sum()),
+        "evaluation": {
+            "nodes": len(engine.eval_nodes),
+            "of_nodes": engine.num_nodes,
+            "test_samples": len(engine.test_indices),
+            "of_test_samples": engine.num_test,
+        },
         "wall_time_s": round(wall_time, 3),
         "threads": thread_report(),
         "versions": versions(),

@@ -138,6 +138,9 @@ class _Run:
         self.features = math.prod(data.input_shape)
         n_samples = data.num_samples
         self.test = round(c.data.test_fraction * n_samples)
+        evaluation = c.evaluation  # the nodes and test samples an evaluation covers
+        self.evaluated_nodes = min(self.n, evaluation.nodes or self.n)
+        self.evaluated_test = min(self.test, evaluation.test_samples or self.test)
         held_out = self.test + round(c.data.nonmember_fraction * n_samples)
         self.train = max(1, n_samples - held_out)
         mean = math.ceil(self.train / self.n)
@@ -167,7 +170,7 @@ class _Run:
 
     def index_tables(self) -> tuple[str, int, str, str]:
         padded = self.n * self.node_size
-        evaluated = self.n * min(EVAL_SAMPLES, self.node_size)
+        evaluated = self.evaluated_nodes * min(EVAL_SAMPLES, self.node_size)
         size = padded * (8 + SAMPLING_BYTES) + evaluated * 12
         size += self.data.num_samples * PARTITION_BYTES
         remedy = f"{self.data_fields} or data.partition"
@@ -198,17 +201,20 @@ class _Run:
 
     def evaluation(self) -> tuple[str, int, str, str]:
         width = max(self.sizes) * FLOAT
+        test, nodes = self.evaluated_test, self.evaluated_nodes
         if self.config.engine == "loop":
-            block = max(self.test, min(EVAL_SAMPLES, self.node_size)) * width
+            block = max(test, min(EVAL_SAMPLES, self.node_size)) * width
         else:
-            chunk = max(1, min(self.test, EVAL_BUDGET // width))
+            chunk = max(1, min(test, EVAL_BUDGET // width))
             evaluated = min(EVAL_SAMPLES, self.node_size)
             block = max(
-                _block(self.n, chunk, width) * chunk * width,
-                _block(self.n, evaluated, width) * evaluated * width,
+                _block(nodes, chunk, width) * chunk * width,
+                _block(nodes, evaluated, width) * evaluated * width,
             )
         size = 3 * block  # input, output and logits of a layer
-        return "evaluation", size, "one block of nodes x samples", "nodes"
+        size += nodes * self.dim * FLOAT if nodes < self.n else 0  # the evaluated nodes' copy
+        remedy = "evaluation.nodes or evaluation.test_samples"
+        return "evaluation", size, "one block of nodes x samples", remedy
 
     def topology(self) -> tuple[str, int, str, str]:
         edges = self.n * _in_degree(self.config, self.n)

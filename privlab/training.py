@@ -190,6 +190,8 @@ def clipped_grad_autograd(
         losses.append(loss.detach())
     for p, total in zip(params, sums):
         p.grad = total
+    if not losses:  # an empty (Poisson) batch: zero gradient, zero loss
+        return x.new_zeros(())
     return weighted_mean_loss(torch.stack(losses), weights)
 
 

@@ -39,9 +39,10 @@ FRACTION = 0.8
 allocations the estimate does not see."""
 
 FLOAT = 4  # bytes of a float32 value
-RUNTIME_BYTES = 64 * 2**20
+RUNTIME_BYTES = 32 * 2**20
 """Libraries loaded while building and running and the allocator's slack (measured:
-scikit-learn's datasets alone take 65 MiB over ``import privlab.experiment``)."""
+scikit-learn's datasets take 13 MiB over ``import privlab.experiment``, which already
+loads SciPy for the accountants)."""
 LOOP_MODEL_BYTES = 64 * 2**10
 """Python and torch overhead of one ``nn.Module`` plus its optimizer (measured)."""
 METRIC_ROW_BYTES = 250

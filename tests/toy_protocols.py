@@ -28,6 +28,15 @@ def _plan_weight(plan: CommPlan, node: int) -> dict[int, float]:
     return dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
 
 
+def _mix_inbox(node, own, inbox, plan):
+    """The plan's weighted average of ``own`` and the inbox, one message at a time."""
+    weight = _plan_weight(plan, node)
+    out = float(plan.self_weight[node]) * own
+    for sender, payload in zip(inbox.src.tolist(), inbox.payload):
+        out = out + weight[sender] * payload
+    return out
+
+
 class PerReceiverNoise(Protocol):
     """Each sender adds noise that differs per receiver and sums to zero over its edges."""
 
@@ -48,11 +57,7 @@ class PerReceiverNoise(Protocol):
         return out.index_add_(0, messages.dst, plan.weight.unsqueeze(1) * messages.payload)
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
-        weight = _plan_weight(plan, node)
-        out = float(plan.self_weight[node]) * own
-        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-            out = out + weight[sender] * payload
-        return out
+        return _mix_inbox(node, own, inbox, plan)
 
 
 class PseudonymousChunks(Protocol):
@@ -192,11 +197,7 @@ class RepeatedGossip(Protocol):
         return neighbours.add_(params * plan.self_weight.unsqueeze(1))
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
-        weight = _plan_weight(plan, node)
-        out = float(plan.self_weight[node]) * own
-        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-            out = out + weight[sender] * payload
-        return out
+        return _mix_inbox(node, own, inbox, plan)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
 
 def derive_seed(seed: int, name: str, *keys: int) -> int:
     """A 63-bit seed for stream ``name`` at ``keys`` (e.g. the round), from ``seed``."""
@@ -38,26 +36,29 @@ def numpy_generator(seed: int, name: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, name, *keys))
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    """The SplitMix64 output function (Steele, Lea & Flood, OOPSLA 2014), elementwise."""
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+_MASK64 = 2**64 - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
-_GOLDEN_INT64 = int(_GOLDEN.astype(np.int64))
-_MIX = (
-    int(np.uint64(0xBF58476D1CE4E5B9).astype(np.int64)),
-    int(np.uint64(0x94D049BB133111EB).astype(np.int64)),
-)
+def _int64(value: int) -> int:
+    """An unsigned 64-bit value as the signed int64 with the same bits."""
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _splitmix64_int(z: int) -> int:
+    """The SplitMix64 output function (Steele, Lea & Flood, OOPSLA 2014) on a Python int."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * _MIX[0]) & _MASK64
+    z = ((z ^ (z >> 27)) * _MIX[1]) & _MASK64
+    return z ^ (z >> 31)
 
 
 def _splitmix64_torch(z: torch.Tensor) -> torch.Tensor:
-    """``_splitmix64`` on int64 tensors (two's complement wrap-around; logical shifts are
-    arithmetic shifts masked to the shifted width)."""
-    z = (z ^ ((z >> 30) & (2**34 - 1))) * _MIX[0]
-    z = (z ^ ((z >> 27) & (2**37 - 1))) * _MIX[1]
+    """``_splitmix64_int`` on int64 tensors (two's complement wrap-around; logical shifts
+    are arithmetic shifts masked to the shifted width)."""
+    z = (z ^ ((z >> 30) & (2**34 - 1))) * _int64(_MIX[0])
+    z = (z ^ ((z >> 27) & (2**37 - 1))) * _int64(_MIX[1])
     return z ^ ((z >> 31) & (2**33 - 1))
 
 
@@ -79,23 +80,36 @@ def _occurrence(ids: torch.Tensor) -> torch.Tensor:
 class NodeStreams:
     """Per-node random streams keyed by (purpose, round, step, node) from one seed.
 
-    The stream's base seed comes from ``derive_seed(seed, purpose, round, step)``; node
-    ``i``'s seed is the ``i``-th SplitMix64 output of that base, computed for all nodes in
-    one vectorized step. Uniforms are that seed's SplitMix64 stream, computed for all
-    nodes at once; normals come from a ``torch.Generator`` seeded per node.
+    The stream's base comes from ``derive_seed(seed, purpose)`` mixed with the round and
+    the step by SplitMix64; node ``i``'s seed is the ``i``-th SplitMix64 output of that
+    base, computed for all nodes in one vectorized step. Uniforms are that seed's
+    SplitMix64 stream, computed for all nodes at once; normals come from a
+    ``torch.Generator`` seeded per node.
     """
 
     def __init__(self, seed: int):
         self.seed = int(seed)
         self._generator = torch.Generator()
+        self._purposes: dict[str, int] = {}
+
+    def _base(self, purpose: str, round: int, step: int) -> int:
+        """The stream's 64-bit base for (purpose, round, step)."""
+        key = self._purposes.get(purpose)
+        if key is None:
+            key = self._purposes[purpose] = derive_seed(self.seed, purpose)
+        z = _splitmix64_int(key + (int(round) + 1) * _GOLDEN)
+        return _splitmix64_int(z + (int(step) + 1) * _GOLDEN)
+
+    def _seeds(self, purpose: str, round: int, step: int, ids: torch.Tensor) -> torch.Tensor:
+        """The 63-bit seed of each node's stream, int64 ``[len(ids)]``."""
+        base = _int64(self._base(purpose, round, step))
+        mixed = _splitmix64_torch((ids + 1) * _int64(_GOLDEN) + base)
+        return (mixed >> 1) & (2**63 - 1)
 
     def node_seeds(self, purpose: str, round: int, step: int, nodes: Sequence[int]) -> list[int]:
         """The 63-bit seed of each node's stream."""
-        base = np.uint64(derive_seed(self.seed, purpose, round, step))
-        ids = np.asarray(torch.as_tensor(nodes), dtype=np.uint64) + np.uint64(1)
-        with np.errstate(over="ignore"):
-            mixed = _splitmix64(base + ids * _GOLDEN)
-        return (mixed >> np.uint64(1)).astype(np.int64).tolist()
+        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
+        return self._seeds(purpose, round, step, ids).tolist()
 
     def generator(self, purpose: str, round: int, step: int, node: int) -> torch.Generator:
         """A fresh generator on node ``node``'s stream."""
@@ -114,9 +128,9 @@ class NodeStreams:
         for all rows at once, four times faster than seeding a generator per node.
         """
         ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
-        seeds = torch.tensor(self.node_seeds(purpose, round, step, ids), dtype=torch.int64)
+        seeds = self._seeds(purpose, round, step, ids)
         counters = _occurrence(ids).unsqueeze(1) * size + torch.arange(1, size + 1)
-        bits = _splitmix64_torch(seeds.unsqueeze(1) + counters * _GOLDEN_INT64)
+        bits = _splitmix64_torch(seeds.unsqueeze(1) + counters * _int64(_GOLDEN))
         return ((bits >> 40) & (2**24 - 1)).to(torch.float32).mul_(2.0**-24)
 
     def normal(

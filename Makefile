@@ -32,6 +32,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py --json benchmarks/results/engine.json
 	$(PY) benchmarks/bench_accounting.py --json benchmarks/results/accounting.json
+	$(PY) benchmarks/bench_dpsgd.py --json benchmarks/results/dpsgd.json
+	$(PY) benchmarks/bench_streams.py --json benchmarks/results/streams.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

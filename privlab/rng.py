@@ -111,11 +111,6 @@ class NodeStreams:
         ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
         return self._seeds(purpose, round, step, ids).tolist()
 
-    def generator(self, purpose: str, round: int, step: int, node: int) -> torch.Generator:
-        """A fresh generator on node ``node``'s stream."""
-        (seed,) = self.node_seeds(purpose, round, step, [node])
-        return torch.Generator().manual_seed(seed)
-
     def uniform(
         self, purpose: str, round: int, step: int, nodes: Sequence[int], size: int
     ) -> torch.Tensor:

@@ -30,10 +30,6 @@ class Batch:
     indices: torch.Tensor
     weights: torch.Tensor | None = None
 
-    def rows(self, rows: slice | torch.Tensor) -> Batch:
-        """The batches of some nodes (rows of this one)."""
-        return Batch(self.indices[rows], None if self.weights is None else self.weights[rows])
-
 
 def shuffle_batches(
     padded_indices: torch.Tensor,

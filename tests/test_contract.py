@@ -498,3 +498,37 @@ def test_every_registered_component_is_in_the_suite():
     assert set(PROTOCOLS.names()) <= set(PROTOCOL_CASES)
     assert set(GRADIENT_MECHANISMS.names()) <= set(MECHANISM_CASES)
     assert set(TOPOLOGY_NEEDS) <= set(PROTOCOLS.names())  # no stale entries
+
+
+def test_setup_hands_protocol_and_mechanism_one_round_context():
+    from privlab.mechanisms import DPSGD, DecentralizedSGD
+    from privlab.training import LocalTraining, SGDConfig
+
+    seen = {}
+
+    class Spy(DecentralizedSGD):
+        def setup(self, context):
+            super().setup(context)
+            seen["protocol"] = context
+
+    mechanism = DPSGD(noise_multiplier=1.5, max_grad_norm=0.7)
+    training = LocalTraining(batch_size=8, local_steps=2, sgd=SGDConfig(lr=0.03))
+    engine = make_engine(
+        "vectorized", Spy(), nodes=12, training=training, gradient=mechanism, seed=4
+    )
+    context = seen["protocol"]
+    assert mechanism.context is context  # one context for both components
+    assert (context.num_nodes, context.dim) == (12, engine.spec.dim)
+    assert context.topology is engine.topology
+    assert (context.lr, context.batch_size, context.clip_norm) == (0.03, 8, 0.7)
+    assert torch.equal(context.node_sizes, engine.node_sizes)
+    assert context.streams.seed == 4
+
+
+def test_a_registry_key_is_the_components_one_name():
+    from privlab.engine import ENGINES
+    from privlab.protocol import PROTOCOLS
+
+    for registry in (PROTOCOLS, GRADIENT_MECHANISMS, ENGINES):
+        for name in registry:
+            assert registry[name].name == name

@@ -197,6 +197,21 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
         ({"privacy": {"delta": 0.0}}, "privacy.delta must be in (0, 1), got 0.0"),
         ({"privacy": {"accountant": "moments"}}, "privacy.accountant: input should be 'rdp'"),
         ({"engine": "gpu"}, "unknown engine 'gpu'; valid: loop, vectorized"),
+        (
+            {"protocol": {"name": "zipdl", "noise_multiplier": -1.0}},
+            "protocol.noise_multiplier must be >= 0 and finite, got -1.0",
+        ),
+        (
+            {"protocol": {"name": "muffliato", "gossip_steps": 0}},
+            "protocol.gossip_steps must be >= 1 (an integer), got 0",
+        ),
+        (
+            {
+                "protocol": {"name": "muffliato", "chebyshev": True},
+                "topology": {"name": "el-oracle", "fanout": 2},
+            },
+            "chebyshev needs a static topology",
+        ),
         ({"observer": {"curious_nodes": [7]}}, "observer.curious_nodes must be in [0, 6)"),
     ],
 )

@@ -7,6 +7,14 @@ gradient mechanisms in ``privlab.gradient.GRADIENT_MECHANISMS``.
 from privlab.mechanisms.dp_sgd import DPSGD
 from privlab.mechanisms.gossip import DecentralizedSGD, EpidemicLearning
 from privlab.mechanisms.muffliato import Muffliato
+from privlab.mechanisms.relative_gaussian import RelativeGaussian
 from privlab.mechanisms.zipdl import ZipDL
 
-__all__ = ["DPSGD", "DecentralizedSGD", "EpidemicLearning", "Muffliato", "ZipDL"]
+__all__ = [
+    "DPSGD",
+    "DecentralizedSGD",
+    "EpidemicLearning",
+    "Muffliato",
+    "RelativeGaussian",
+    "ZipDL",
+]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from privlab.accounting.events import PrivacyEvent
 from privlab.errors import PrivlabError
@@ -49,6 +50,11 @@ class RoundContext:
     node_sizes: torch.Tensor
     """Training samples of each node (real entries of ``node_indices``), int64 ``[n]``."""
     streams: NodeStreams
+    features: torch.Tensor | None = None
+    """The dataset's inputs ``[N, ...]`` that ``node_indices`` index (for mechanisms whose
+    sensitivity depends on the data, e.g. the relative Gaussian mechanism's)."""
+    model: nn.Module | None = None
+    """The model every node trains (its architecture; the parameters are the engine's)."""
     clip_norm: float | None = None
     """The per-sample clipping bound of the gradient mechanism (None: no clipping)."""
     emitted: Emissions = field(default_factory=Emissions)

@@ -151,6 +151,8 @@ class Engine(abc.ABC):
             node_indices=self.node_indices,
             node_sizes=self.node_sizes,
             streams=NodeStreams(seed),
+            features=self.X,
+            model=model,
             clip_norm=None if gradient is None else gradient.clip_norm,
         )
         protocol.setup(self.context)

@@ -56,7 +56,7 @@ def make_engine(
             model,
             data.dataset.input_shape,
             data.dataset.num_classes,
-            **(model_options or {"hidden": [16]}),
+            **({"hidden": [16]} if model_options is None else model_options),
         )
     options = topology_options if topology_options is not None else {"degree": 4}
     topo = build_topology(topology, nodes, seed=seed, **options)

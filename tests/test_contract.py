@@ -30,7 +30,8 @@ topology is listed in ``TOPOLOGY_NEEDS`` (``epidemic`` needs a dynamic one); a p
 not listed gets the first of ``FALLBACK_TOPOLOGIES`` that its ``setup`` accepts (a random
 4-regular graph, else EL-Oracle). So a NEW registered protocol or gradient mechanism is
 tested here without writing a new test: only a protocol that needs something else than
-these (or options without defaults) needs a line in ``TOPOLOGY_NEEDS``.
+these (or options without defaults) needs a line in ``TOPOLOGY_NEEDS``; a gradient
+mechanism whose defaults hold for one model only gets it from ``MODEL_NEEDS``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ BYTE_KINDS = {"payload", "indices", "metadata"}
 
 Topo = tuple[str, dict]
 TOPOLOGY_NEEDS: dict[str, Topo] = {"epidemic": ("el-oracle", {"fanout": 3})}
+MODEL_NEEDS: dict[str, tuple[str, dict]] = {"relative-gaussian": ("logreg", {})}
+"""Gradient mechanisms whose default options hold for one model only (the relative
+Gaussian mechanism computes its sensitivity for logistic regression)."""
 """Registered protocols that need a particular topology (name and options)."""
 FALLBACK_TOPOLOGIES: tuple[Topo, ...] = (("regular", {"degree": 4}), ("el-oracle", {"fanout": 3}))
 """What any other protocol is tried on, in order: the first its ``setup`` accepts."""
@@ -206,14 +210,19 @@ class Run:
     engine: object
 
 
-def run(kind: str, factory, topology: Topo, *, seed=0, observe=None, gradient=None) -> Run:
+def run(
+    kind: str, factory, topology: Topo, *, seed=0, observe=None, gradient=None, model=None
+) -> Run:
     """``ROUNDS`` rounds on a ``kind`` engine; ``observe(dim)`` makes its observer."""
+    model_name, model_options = model or ("mlp", {"hidden": [16]})
     engine = make_engine(
         kind,
         factory(),
         nodes=NODES,
         topology=topology[0],
         topology_options=topology[1],
+        model=model_name,
+        model_options=model_options,
         training=TRAINING,
         gradient=gradient,
         seed=seed,
@@ -384,8 +393,9 @@ def mechanism_runs(request) -> MechanismRuns:
     def gradient():
         return None if name is None else GRADIENT_MECHANISMS[name]()
 
-    vectorized = run("vectorized", factory, topology, gradient=gradient())
-    loop = run("loop", factory, topology, gradient=gradient())
+    model = MODEL_NEEDS.get(name)
+    vectorized = run("vectorized", factory, topology, gradient=gradient(), model=model)
+    loop = run("loop", factory, topology, gradient=gradient(), model=model)
     return MechanismRuns(name, vectorized, loop)
 
 

@@ -181,3 +181,72 @@ def test_subprocess_prints_epsilon():
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["epsilon"] == pytest.approx(2.5966, abs=2e-4)
+
+
+NETWORK = ["budget", "network", "--topology", "ring", "--nodes", "8", "--delta", "1e-5"]
+
+
+def test_harness_network_json_keys_and_sorting(capsys):
+    argv = [*NETWORK, "--mechanism", "muffliato", "--gossip-steps", "2"]
+    argv += ["--noise-multiplier", "1", "--observers", "0", "3", "--json"]
+    assert harness(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"pairs", "per_pair_formula"} <= set(out)
+    pairs = out["pairs"]
+    assert len(pairs) == 14 and set(pairs[0]) == {"observer", "source", "mu", "epsilon"}
+    assert {p["observer"] for p in pairs} == {"node:0", "node:3"}
+    eps = [p["epsilon"] for p in pairs]
+    assert eps == sorted(eps, reverse=True)
+    near = {(p["observer"], p["source"]): p["mu"] for p in pairs}
+    assert near["node:0", 1] == pytest.approx(1.0) and near["node:0", 4] == 0
+    assert len(out["per_pair_formula"]) == 14
+
+
+def test_harness_network_colluding_zipdl_and_text(capsys):
+    argv = [*NETWORK, "--mechanism", "zipdl", "--gossip-steps", "2", "--noise-multiplier", "1"]
+    assert harness([*argv, "--observers", "0", "4", "--colluding", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {p["observer"] for p in out["pairs"]} == {"nodes:0,4"} and len(out["pairs"]) == 6
+    assert out["per_pair_formula"] is None
+    argv = [*NETWORK, "--mechanism", "muffliato", "--gossip-steps", "1"]
+    assert harness([*argv, "--noise-multiplier", "0", "--observers", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:] if line.strip().startswith("node:")]
+    assert [r[3] for r in rows] == ["inf", "inf", "0", "0", "0", "0", "0"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--noise-multiplier", "-1"], "noise_multiplier must be >= 0 and finite"),
+        (["--noise-multiplier", "nan"], "noise_multiplier must be >= 0 and finite"),
+        (["--gossip-steps", "0"], "gossip_steps must be a positive integer"),
+        (["--observers", "8"], "observers must be nodes in [0, 7]"),
+        (["--mechanism", "decor"], "mechanism must be one of muffliato, zipdl"),
+        (["--topology", "star"], "topology must be one of"),
+    ],
+)
+def test_main_network_bad_input_exits_2_one_line(capsys, change, message):
+    main = pytest.importorskip("privlab.cli").main
+    base = {"--mechanism": "muffliato", "--gossip-steps": "2", "--noise-multiplier": "1"}
+    base["--observers"] = "0"
+    base.update({change[0]: change[1]})
+    argv = ["budget", "network", "--nodes", "8", "--delta", "1e-5"]
+    argv += ["--topology", base.pop("--topology", "ring")]
+    for key, value in base.items():
+        argv += [key, value]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+
+
+def test_subprocess_network_bad_input_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "privlab", *NETWORK, "--mechanism", "muffliato"]
+        + ["--gossip-steps", "1", "--noise-multiplier", "1", "--observers", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "observers must be nodes in [0, 7]" in proc.stderr and "Traceback" not in proc.stderr

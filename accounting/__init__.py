@@ -28,6 +28,15 @@ from privlab.accounting.events import (
     event_to_dict,
     event_to_json,
 )
+from privlab.accounting.network import (
+    gaussian_view_mu,
+    gdp_epsilon,
+    muffliato_mu,
+    muffliato_pairwise_rdp_formula,
+    muffliato_view,
+    pairwise_network_mu,
+    zipdl_view,
+)
 from privlab.accounting.pld import analytic_gaussian_delta, analytic_gaussian_epsilon
 from privlab.accounting.pld_accountant import PLDAccountant
 from privlab.accounting.rdp import (
@@ -81,4 +90,11 @@ __all__ = [
     "rdp_of_event",
     "analytic_gaussian_delta",
     "analytic_gaussian_epsilon",
+    "gaussian_view_mu",
+    "gdp_epsilon",
+    "muffliato_view",
+    "muffliato_mu",
+    "zipdl_view",
+    "pairwise_network_mu",
+    "muffliato_pairwise_rdp_formula",
 ]

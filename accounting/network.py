@@ -92,8 +92,10 @@ def gaussian_view_mu(
     Returns a float array, one ``mu`` per source (all columns of ``A`` by default).
     """
     A = np.atleast_2d(np.asarray(A, dtype=float))
-    B = np.asarray(B, dtype=float).reshape(A.shape[0], -1)
     cols = np.arange(A.shape[1]) if sources is None else np.asarray(list(sources), dtype=int)
+    if A.shape[0] == 0:  # nothing observed
+        return np.zeros(len(cols))
+    B = np.asarray(B, dtype=float).reshape(A.shape[0], -1)
     D = A[:, cols]
     if B.size and np.any(B):
         U, s, _ = np.linalg.svd(B, full_matrices=False)

@@ -201,6 +201,12 @@ class Muffliato(Protocol):
             out = self.gamma * out + (1.0 - self.gamma) * self._previous[node]
         return out
 
+    def network_model(self) -> tuple[str, int, float] | None:
+        """Plain gossip after one noise draw (Chebyshev's iterates are not modelled)."""
+        if self.chebyshev:
+            return None
+        return ("muffliato", self.exchanges, self.noise_multiplier)
+
     def describe(self) -> dict:
         return {
             "name": self.name,

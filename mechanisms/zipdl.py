@@ -172,5 +172,9 @@ class ZipDL(Protocol):
             out = out + weight_of[sender] * payload
         return out
 
+    def network_model(self) -> tuple[str, int, float] | None:
+        """One exchange of per-edge correlated noise per round."""
+        return ("zipdl", 1, self.noise_multiplier)
+
     def describe(self) -> dict:
         return {"name": self.name, "noise_multiplier": self.noise_multiplier}

@@ -139,6 +139,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{line}, {summary['total_bytes'] / 1e6:.2f} MB sent, {summary['wall_time_s']:.1f} s")
     if "privacy" in summary:
         print(privacy_line(summary))
+    for party, view in summary.get("network_privacy", {}).get("parties", {}).items():
+        epsilon = view["epsilon"]
+        print(
+            f"network privacy against {party}: epsilon over the other nodes mean "
+            f"{epsilon['mean']:.3g}, max {epsilon['max']:.3g} (node {view['worst_source']}) "
+            f"at delta {summary['network_privacy']['delta']:g}, per unit sensitivity"
+        )
     print(f"results in {out}/")
     if "diverged" in summary:
         print(f"privlab: error: {divergence_message(summary['diverged'], config)}", file=sys.stderr)

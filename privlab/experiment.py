@@ -31,6 +31,7 @@ from privlab.errors import PrivlabError, fields_named
 from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
 from privlab.ledger import PrivacyLedger
 from privlab.models import build_model
+from privlab.network_privacy import network_privacy
 from privlab.observe import Observer, threat_model_from
 from privlab.partition import FederatedData
 from privlab.protocol import PROTOCOLS, Protocol
@@ -211,6 +212,12 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = _summary(config, experiment, metrics, time.perf_counter() - started)
     summary.update(completed_rounds=completed, interrupted=aborted or stop.requested)
+    threat = None if observer is None else observer.threat_model
+    network = network_privacy(
+        experiment.protocol, experiment.topology, threat, completed, config.privacy.delta
+    )
+    if network is not None:
+        summary["network_privacy"] = network
     if diverged is not None:
         summary["diverged"] = diverged
         warnings.warn(divergence_message(diverged, config), DivergedWarning, stacklevel=2)

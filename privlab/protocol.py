@@ -240,6 +240,12 @@ class Protocol(abc.ABC):
     ) -> torch.Tensor:
         """Node ``node``'s new state ``[D]`` from its own ``own[D]`` and its ``inbox``."""
 
+    def network_model(self) -> tuple[str, int, float] | None:
+        """The linear Gaussian view this protocol gives an observer each round, as
+        ``(mechanism, gossip steps, noise per unit of sensitivity)`` for
+        ``privlab.accounting.network`` (``"muffliato"`` or ``"zipdl"``); None if it has none."""
+        return None
+
     def describe(self) -> dict:
         """JSON-able parameters of this protocol."""
         return {"name": self.name}

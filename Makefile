@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_accounting.py --json benchmarks/results/accounting.json
 	$(PY) benchmarks/bench_dpsgd.py --json benchmarks/results/dpsgd.json
 	$(PY) benchmarks/bench_streams.py --json benchmarks/results/streams.json
+	$(PY) benchmarks/bench_network.py --json benchmarks/results/network.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

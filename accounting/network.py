@@ -53,6 +53,9 @@ __all__ = [
     "muffliato_pairwise_rdp_formula",
     "gdp_epsilon",
     "network_table",
+    "decor_view",
+    "decor_eavesdropper_mu",
+    "decor_secldp_epsilon",
     "MECHANISMS",
 ]
 
@@ -394,6 +397,125 @@ def network_table(
             )
             rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# DECOR (Allouah, Koloskova, El Firdoussi, Guerraoui & Jaggi, "Privacy-Preserving
+# Decentralized Optimization ... with Correlated Noise", ICML 2024, arXiv 2405.01031);
+# reference Sec. 4.4 and 4.6.
+
+
+def _decor_inputs(W: np.ndarray, sigma_cdp: float, sigma_cor: float) -> np.ndarray:
+    W = np.asarray(W, dtype=float)
+    check(W.ndim == 2 and W.shape[0] == W.shape[1], "W", "a square matrix", W.shape)
+    for name, value in (("sigma_cdp", sigma_cdp), ("sigma_cor", sigma_cor)):
+        check(
+            is_real(value) and math.isfinite(value) and value >= 0,
+            name,
+            ">= 0 and finite",
+            value,
+        )
+    return W
+
+
+def _decor_edges(W: np.ndarray) -> list[tuple[int, int]]:
+    """Undirected edges ``(i, j)``, ``i < j``, of the graph ``W[i, j] > 0 or W[j, i] > 0``."""
+    adj = (W > 0) | (W.T > 0)
+    np.fill_diagonal(adj, False)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(adj, 1)))]
+
+
+def _decor_incidence(n: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Signed incidence ``E`` (n x |edges|): ``+1`` at ``i``, ``-1`` at ``j``; ``E E^T = L``."""
+    E = np.zeros((n, len(edges)))
+    for k, (i, j) in enumerate(edges):
+        E[i, k], E[j, k] = 1.0, -1.0
+    return E
+
+
+def decor_view(
+    W: np.ndarray, observers: Iterable[int], sigma_cdp: float, sigma_cor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The observers' view ``(A, B)`` of one DECOR round (scalar values, sensitivity 1).
+
+    The graph's edges are the pairs ``i != j`` with ``W[i, j] > 0`` (or ``W[j, i] > 0``).
+    Every edge ``(i, j)``, ``i < j``, carries one secret ``v_ij = -v_ji ~ N(0,
+    sigma_cor^2)`` and every node one ``omega_i ~ N(0, sigma_cdp^2)``; node ``i``
+    releases ``x_i + sum_{j in N(i)} v_ij + omega_i`` to its neighbours. The observers
+    (pooled) receive the released values of their members' neighbours outside the party
+    (one row each, increasing node order) and know their own ``x`` and ``omega`` and
+    every ``v`` on an edge with a member: those columns are removed. ``A``'s columns are
+    the other nodes in increasing order; ``B``'s the unknown edge secrets (edge order)
+    then the unknown ``omega`` (node order). Use with :func:`gaussian_view_mu`.
+    """
+    W = _decor_inputs(W, sigma_cdp, sigma_cor)
+    n = W.shape[0]
+    obs = sorted({int(o) for o in observers}) if observers is not None else []
+    check(bool(obs), "observers", "a non-empty set of nodes", observers)
+    check(all(0 <= o < n for o in obs), "observers", f"nodes in [0, {n - 1}]", obs)
+    edges = _decor_edges(W)
+    E = _decor_incidence(n, edges)
+    party = set(obs)
+    adj = np.abs(E) @ np.abs(E).T > 0
+    seen = sorted({int(w) for o in obs for w in np.flatnonzero(adj[o]) if w not in party})
+    keep_x = [u for u in range(n) if u not in party]
+    keep_v = [k for k, (i, j) in enumerate(edges) if i not in party and j not in party]
+    A = np.eye(n)[np.ix_(seen, keep_x)]
+    B = np.concatenate(
+        [sigma_cor * E[np.ix_(seen, keep_v)], sigma_cdp * np.eye(n)[np.ix_(seen, keep_x)]],
+        axis=1,
+    )
+    return A, B
+
+
+def decor_eavesdropper_mu(W: np.ndarray, sigma_cdp: float, sigma_cor: float) -> np.ndarray:
+    """Per-node GDP ``mu`` of one DECOR round against an eavesdropper on *all* released
+    values (reference Sec. 4.6: ``M = I``, covariance ``Sigma = sigma_cdp^2 I +
+    sigma_cor^2 L`` per coordinate, ``L`` the graph Laplacian of :func:`decor_view`'s
+    edges): ``mu_u = sqrt([Sigma^{-1}]_uu)`` for sensitivity 1. DECOR's SecLDP quantity
+    is ``eps_tilde = 2 C^2 max_u mu_u^2`` (replace-one sensitivity ``2 C``). With
+    ``sigma_cdp = 0`` every ``mu`` is ``inf`` (the network sum carries no noise).
+    """
+    W = _decor_inputs(W, sigma_cdp, sigma_cor)
+    n = W.shape[0]
+    if sigma_cdp == 0:
+        return np.full(n, np.inf)
+    E = _decor_incidence(n, _decor_edges(W))
+    sigma = sigma_cdp**2 * np.eye(n) + sigma_cor**2 * (E @ E.T)
+    return np.sqrt(np.diag(np.linalg.inv(sigma)))
+
+
+def decor_secldp_epsilon(
+    W: np.ndarray,
+    sigma_cdp: float,
+    sigma_cor: float,
+    T: int,
+    delta: float,
+    clip: float = 1.0,
+) -> float:
+    """DECOR's published SecLDP accountant (Allouah et al., ICML 2024, arXiv 2405.01031;
+    official repository ``utils/dp_account.py``: ``rdp_account`` / ``user_level_rdp``,
+    reference Sec. 4.4): per round the RDP is ``alpha * eps_tilde`` with
+
+        eps_tilde = 2 C^2 max_i [Sigma^{-1}]_ii,  Sigma = sigma_cdp^2 I + sigma_cor^2 L,
+
+    and over ``T`` rounds, converted at the optimal order
+    ``alpha* = 1 + sqrt(ln(1/delta) / (T eps_tilde))``,
+
+        eps = T eps_tilde + 2 sqrt(T eps_tilde ln(1/delta)).
+
+    Its inverse (their ``reverse_eps``) is ``eps_tilde = (sqrt(ln(1/delta) + eps) -
+    sqrt(ln(1/delta)))^2 / T``. This is the eavesdropper's view (every released value,
+    no shared secret known), :func:`decor_eavesdropper_mu`; ``C = clip``.
+    """
+    check(is_integer(T) and T >= 1, "T", "an integer >= 1", T)
+    check(is_real(delta) and 0 < delta < 1, "delta", "in (0, 1)", delta)
+    check(is_real(clip) and math.isfinite(clip) and clip > 0, "clip", "> 0 and finite", clip)
+    mu = decor_eavesdropper_mu(W, sigma_cdp, sigma_cor)
+    eps_tilde = 2 * clip**2 * float(np.max(mu)) ** 2
+    if not math.isfinite(eps_tilde):
+        return math.inf
+    return T * eps_tilde + 2 * math.sqrt(T * eps_tilde * math.log(1 / delta))
 
 
 if __name__ == "__main__":  # python -m privlab.accounting.network

@@ -198,6 +198,17 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
         ({"privacy": {"accountant": "moments"}}, "privacy.accountant: input should be 'rdp'"),
         ({"engine": "gpu"}, "unknown engine 'gpu'; valid: loop, vectorized"),
         (
+            {
+                "gradient": {
+                    "name": "relative-gaussian",
+                    "relative_sensitivity": 1.0,
+                    "absolute_sensitivity": 0.1,
+                }
+            },
+            "gradient.relative_sensitivity must be in [0, 1)",
+        ),
+        ({"gradient": {"name": "relative-gaussian"}}, "for model 'logreg' only"),
+        (
             {"protocol": {"name": "zipdl", "noise_multiplier": -1.0}},
             "protocol.noise_multiplier must be >= 0 and finite, got -1.0",
         ),

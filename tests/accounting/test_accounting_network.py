@@ -18,6 +18,9 @@ import scipy.linalg
 from scipy.stats import multivariate_normal
 
 from privlab.accounting.network import (
+    decor_eavesdropper_mu,
+    decor_secldp_epsilon,
+    decor_view,
     gaussian_view_mu,
     gdp_epsilon,
     muffliato_mu,
@@ -262,3 +265,121 @@ def test_bad_inputs(kwargs, message):
     assert message in str(info.value)
     with pytest.raises(ValueError, match="mechanism must be one of"):
         pairwise_network_mu("dp-sgd", mh("ring", 6), [0], 2, 1.0)
+
+
+# --- DECOR (Allouah et al., ICML 2024), reference Sec. 4.4 / 4.6 -------------------------
+
+
+def naive_decor(W, observers, sigma_cdp, sigma_cor):
+    """One DECOR release per node as coefficients over (x, v, omega), then subtract."""
+    n = len(W)
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if W[i, j] > 0 or W[j, i] > 0]
+    nbrs = {i: {j for e in edges for j in e if i in e and j != i} for i in range(n)}
+    release = []
+    for i in range(n):
+        v = [(1.0 if i == a else -1.0 if i == b else 0.0) for a, b in edges]
+        release.append((np.eye(n)[i], sigma_cor * np.array(v), sigma_cdp * np.eye(n)[i]))
+    party = set(observers)
+    seen = sorted({w for o in observers for w in nbrs[o]} - party)
+    keep_x = [u for u in range(n) if u not in party]
+    keep_v = [k for k, (a, b) in enumerate(edges) if a not in party and b not in party]
+    A = np.array([release[w][0][keep_x] for w in seen])
+    B = np.array([np.concatenate([release[w][1][keep_v], release[w][2][keep_x]]) for w in seen])
+    return A, B
+
+
+@pytest.mark.parametrize(
+    "pair, sigma_ldp",
+    [((5, 16), 12.73), ((5, 12), 11.07), ((5, 100), 31.63), ((10, 12), 16.12), ((7, 10), 12.18)],
+)
+def test_decor_reference_table_256_ring(pair, sigma_ldp):
+    W = mh("ring", 256)
+    mu = decor_eavesdropper_mu(W, *pair)
+    assert 1 / mu.max() == pytest.approx(sigma_ldp, abs=0.006)
+    # Only the graph matters, not the weights.
+    assert np.allclose(decor_eavesdropper_mu((W > 0).astype(float) * 7.0, *pair), mu)
+
+
+@pytest.mark.parametrize("graph", ["ring-12", "petersen", "star-6"])
+def test_decor_eavesdropper_equals_explicit_view(graph):
+    G = {
+        "ring-12": nx.cycle_graph(12),
+        "petersen": nx.petersen_graph(),
+        "star-6": nx.star_graph(5),
+    }[graph]
+    W = nx.to_numpy_array(G)
+    n, edges = len(W), list(G.edges())
+    E = np.zeros((n, len(edges)))
+    for k, (i, j) in enumerate(edges):
+        E[i, k], E[j, k] = 1.0, -1.0
+    for sigma_cdp, sigma_cor in ((5.0, 12.0), (1.0, 0.0), (0.3, 4.0)):
+        explicit = gaussian_view_mu(np.eye(n), np.hstack([sigma_cor * E, sigma_cdp * np.eye(n)]))
+        assert np.allclose(decor_eavesdropper_mu(W, sigma_cdp, sigma_cor), explicit, rtol=1e-9)
+    assert np.all(np.isinf(decor_eavesdropper_mu(W, 0.0, 3.0)))  # network sum noiseless
+
+
+@pytest.mark.parametrize("observers", [[0], [3], [0, 5], [1, 2, 7]])
+def test_decor_view_matches_naive(observers):
+    W = mh("ring", 10) + 0.01 * nx.to_numpy_array(nx.petersen_graph())
+    A, B = decor_view(W, observers, 2.0, 3.0)
+    A2, B2 = naive_decor(W, observers, 2.0, 3.0)
+    assert np.allclose(A, A2) and np.allclose(B, B2)
+
+
+@pytest.mark.parametrize("eps", [3.0, 10.0, 40.0])
+def test_decor_secldp_epsilon_inverts_reverse_eps(eps):
+    T, delta = 5000, 1e-5
+    L = math.log(1 / delta)
+    eps_tilde = (math.sqrt(L + eps) - math.sqrt(L)) ** 2 / T
+    W = mh("ring", 16)
+    max_mu2 = float(decor_eavesdropper_mu(W, 5.0, 12.0).max()) ** 2
+    clip = math.sqrt(eps_tilde / (2 * max_mu2))
+    assert decor_secldp_epsilon(W, 5.0, 12.0, T, delta, clip=clip) == pytest.approx(eps, rel=1e-9)
+
+
+def test_decor_secldp_reference_worked_numbers():
+    # eps = 10 at T = 5000, delta = 1e-5: eps_tilde = 3.101e-4, sigma_LDP / C = 80.31.
+    W = mh("ring", 16)
+    assert decor_secldp_epsilon(W, 80.31, 0.0, 5000, 1e-5) == pytest.approx(10.0, rel=1e-3)
+    mu = decor_eavesdropper_mu(W, 80.31, 0.0)
+    assert 2 * mu.max() ** 2 == pytest.approx(3.101e-4, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "graph", [nx.cycle_graph(16), nx.petersen_graph(), nx.random_regular_graph(3, 12, seed=0)]
+)
+def test_decor_single_neighbour_sees_less_than_eavesdropper(graph):
+    # Every node has degree >= 2, so no single neighbour knows all of a node's secrets.
+    W = nx.to_numpy_array(graph)
+    n = len(W)
+    eav = decor_eavesdropper_mu(W, 5.0, 12.0)
+    for o in range(n):
+        mu = gaussian_view_mu(*decor_view(W, [o], 5.0, 12.0))
+        sources = [u for u in range(n) if u != o]
+        assert np.all(mu <= eav[sources] * (1 + 1e-9))
+
+
+def test_decor_coalition_of_all_neighbours_leaves_only_omega():
+    sigma_cdp, sigma_cor = 5.0, 12.0
+    eav_ring = decor_eavesdropper_mu(nx.to_numpy_array(nx.cycle_graph(16)), sigma_cdp, sigma_cor)
+    for graph, u, party in (
+        (nx.cycle_graph(16), 4, [3, 5]),
+        (nx.petersen_graph(), 0, [1, 4, 5, 7]),
+        (nx.star_graph(6), 3, [0]),  # the hub: a single neighbour covering a leaf
+    ):
+        W = nx.to_numpy_array(graph)
+        mu = gaussian_view_mu(*decor_view(W, party, sigma_cdp, sigma_cor))
+        sources = [v for v in range(len(W)) if v not in party]
+        assert mu[sources.index(u)] == pytest.approx(1 / sigma_cdp, rel=1e-9)
+    # ... which is more than the eavesdropper learns (1/12.73 on the 256-ring; 16-ring here).
+    assert 1 / sigma_cdp > eav_ring.max()
+
+
+def test_decor_bad_inputs():
+    W = nx.to_numpy_array(nx.cycle_graph(5))
+    with pytest.raises(ValueError):
+        decor_view(W, [], 1.0, 1.0)
+    with pytest.raises(ValueError):
+        decor_eavesdropper_mu(W, -1.0, 1.0)
+    with pytest.raises(ValueError):
+        decor_secldp_epsilon(W, 1.0, 1.0, 0, 1e-5)

@@ -23,7 +23,7 @@ NeurIPS 2022 (arXiv 2206.05091), and of the PNDP analysis of Zip-DL (Biswas et a
 2403.11795, Sec. 5), computed *exactly* for a fixed, known graph instead of bounded
 message by message (the network DP of Cyffers & Bellet, "Privacy Amplification by
 Decentralization", AISTATS 2022, with collusion as the union of views). See
-``/work/shared/reference/rgm-gossip-network-dp.md`` Sec. 4.3 and 4.6.
+privlab's reference notes on gossip privacy (``rgm-gossip-network-dp.md``), Sec. 4.3 and 4.6.
 
 Model (one scalar coordinate: coordinates are independent and the noise isotropic, so
 the scalar ``mu`` is the vector one for an L2 sensitivity of 1): each node holds ``x_v``;

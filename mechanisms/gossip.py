@@ -11,7 +11,7 @@ import torch
 from privlab.context import RoundContext
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan, sparse_matmul
-from privlab.protocol import PROTOCOLS, Messages, Protocol, weighted_inbox_sum
+from privlab.protocol import PROTOCOLS, Messages, Protocol, mix_node, weighted_inbox_sum
 
 METADATA_BYTES = 8
 """Header of a model message: the round number and the sender's degree (int32 each)."""
@@ -28,9 +28,6 @@ class DecentralizedSGD(Protocol):
     (``x <- W x - lr g(x)``); momentum buffers stay local to each node.
     """
 
-    def __init__(self) -> None:
-        self._mixing: tuple[CommPlan, torch.Tensor] | None = None
-
     def send(self, params: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         return Messages.of_rows(params, plan.src, plan.dst, metadata_bytes=METADATA_BYTES)
 
@@ -38,15 +35,9 @@ class DecentralizedSGD(Protocol):
         self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         if messages.rows is params:  # the plain exchange: one product W @ params
-            return sparse_matmul(self._mixing_matrix(plan), params)
+            return sparse_matmul(plan.csr(), params)
         neighbours = weighted_inbox_sum(messages, plan.weight, plan.num_nodes)
         return neighbours.add_(params * plan.self_weight.unsqueeze(1))
-
-    def _mixing_matrix(self, plan: CommPlan) -> torch.Tensor:
-        """W of ``plan``, cached while the plan stays the same (static topologies)."""
-        if self._mixing is None or self._mixing[0] is not plan:
-            self._mixing = (plan, plan.mixing_matrix("csr"))
-        return self._mixing[1]
 
     def receive_node(
         self,
@@ -57,12 +48,7 @@ class DecentralizedSGD(Protocol):
         round: int,
         exchange: int,
     ) -> torch.Tensor:
-        to_node = plan.dst == node
-        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
-        out = float(plan.self_weight[node]) * own
-        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-            out = out + weight_of[sender] * payload
-        return out
+        return mix_node(node, own, inbox, plan)
 
 
 PROTOCOLS.rename(

@@ -3,7 +3,7 @@
 Cyffers, Even, Bellet, Massoulié, "Muffliato: Peer-to-Peer Privacy Amplification for
 Decentralized Optimization and Averaging", NeurIPS 2022 (arXiv 2206.05091); official code
 ``totilas/muffliato`` (``muffliato.py``, ``private.py``). See
-``/work/shared/reference/rgm-gossip-network-dp.md`` section 4.3.
+privlab's reference notes on gossip privacy (``rgm-gossip-network-dp.md``), section 4.3.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from privlab.context import RoundContext
 from privlab.errors import PrivlabError, check, is_integer, is_real
 from privlab.plan import CommPlan, sparse_matmul
-from privlab.protocol import PROTOCOLS, Messages, Protocol
+from privlab.protocol import PROTOCOLS, Messages, Protocol, mix_node
 
 METADATA_BYTES = 8
 """Header of a model message: the round number and the sender's degree (int32 each), as
@@ -109,7 +109,6 @@ class Muffliato(Protocol):
         self.chebyshev = chebyshev
         self.exchanges = self.gossip_steps
         self.gamma = 1.0
-        self._mixing: tuple[CommPlan, torch.Tensor] | None = None
         self._sent: torch.Tensor | None = None  # y^t, sent at the current exchange
         self._previous: torch.Tensor | None = None  # y^{t-1}
 
@@ -171,16 +170,10 @@ class Muffliato(Protocol):
         self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         iterate = self._sent if messages.rows is None else messages.rows
-        mixed = sparse_matmul(self._mixing_matrix(plan), iterate)
+        mixed = sparse_matmul(plan.csr(), iterate)
         if self._accelerated(exchange):
             return mixed.mul_(self.gamma).add_(self._previous, alpha=1.0 - self.gamma)
         return mixed
-
-    def _mixing_matrix(self, plan: CommPlan) -> torch.Tensor:
-        """W of ``plan``, cached while the plan stays the same (static topologies)."""
-        if self._mixing is None or self._mixing[0] is not plan:
-            self._mixing = (plan, plan.mixing_matrix("csr"))
-        return self._mixing[1]
 
     def receive_node(
         self,
@@ -192,11 +185,7 @@ class Muffliato(Protocol):
         exchange: int,
     ) -> torch.Tensor:
         rows = self._sent if inbox.rows is None else inbox.rows
-        to_node = plan.dst == node
-        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
-        out = float(plan.self_weight[node]) * rows[node]
-        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-            out = out + weight_of[sender] * payload
+        out = mix_node(node, rows[node], inbox, plan)
         if self._accelerated(exchange):
             out = self.gamma * out + (1.0 - self.gamma) * self._previous[node]
         return out

@@ -12,7 +12,7 @@ import torch
 
 from privlab.errors import check, is_real
 from privlab.plan import CommPlan
-from privlab.protocol import PROTOCOLS, Messages, Protocol, weighted_inbox_sum
+from privlab.protocol import PROTOCOLS, Messages, Protocol, mix_node, weighted_inbox_sum
 
 METADATA_BYTES = 8
 """Header of a model message: the round number and the sender's degree (int32 each)."""
@@ -165,12 +165,7 @@ class ZipDL(Protocol):
     ) -> torch.Tensor:
         if self.noise_multiplier != 0:
             own = own + self.node_noise(node, plan, round, exchange, own.shape[0], own.dtype)[1]
-        to_node = plan.dst == node
-        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
-        out = float(plan.self_weight[node]) * own
-        for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-            out = out + weight_of[sender] * payload
-        return out
+        return mix_node(node, own, inbox, plan)
 
     def network_model(self) -> tuple[str, int, float] | None:
         """One exchange of per-edge correlated noise per round."""

@@ -137,6 +137,15 @@ class CommPlan:
         values = torch.cat([self.weight, self.self_weight]).to(dtype)
         return csr_matrix(rows, cols, values, (n, n))
 
+    def csr(self) -> torch.Tensor:
+        """``mixing_matrix("csr")``, built once per plan (a static topology's plan is shared
+        by every round, so gossip builds W once)."""
+        matrix = self.__dict__.get("_csr")
+        if matrix is None:
+            matrix = self.mixing_matrix("csr")
+            object.__setattr__(self, "_csr", matrix)
+        return matrix
+
     def in_degree(self) -> torch.Tensor:
         """Number of senders to each node, int64 [n]."""
         return torch.bincount(self.dst, minlength=self.num_nodes)

@@ -20,21 +20,12 @@ import torch
 
 from privlab.accounting import GaussianEvent
 from privlab.plan import CommPlan
-from privlab.protocol import Messages, Protocol, weighted_inbox_sum
+from privlab.protocol import Messages, Protocol, mix_node, weighted_inbox_sum
 
 
 def _plan_weight(plan: CommPlan, node: int) -> dict[int, float]:
     to_node = plan.dst == node
     return dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
-
-
-def _mix_inbox(node, own, inbox, plan):
-    """The plan's weighted average of ``own`` and the inbox, one message at a time."""
-    weight = _plan_weight(plan, node)
-    out = float(plan.self_weight[node]) * own
-    for sender, payload in zip(inbox.src.tolist(), inbox.payload):
-        out = out + weight[sender] * payload
-    return out
 
 
 class PerReceiverNoise(Protocol):
@@ -57,7 +48,7 @@ class PerReceiverNoise(Protocol):
         return out.index_add_(0, messages.dst, plan.weight.unsqueeze(1) * messages.payload)
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
-        return _mix_inbox(node, own, inbox, plan)
+        return mix_node(node, own, inbox, plan)
 
 
 class PseudonymousChunks(Protocol):
@@ -197,7 +188,7 @@ class RepeatedGossip(Protocol):
         return neighbours.add_(params * plan.self_weight.unsqueeze(1))
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
-        return _mix_inbox(node, own, inbox, plan)
+        return mix_node(node, own, inbox, plan)
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,10 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
         ({"data": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'; valid: breast_cancer, "),
         ({"model": {"name": "resnet"}}, "unknown model 'resnet'; valid: cnn, logreg, mlp"),
         ({"topology": {"name": "star"}}, "unknown topology 'star'; valid: complete, "),
-        ({"protocol": {"name": "gossipy"}}, "unknown protocol 'gossipy'; valid: d-psgd, epidemic"),
+        (
+            {"protocol": {"name": "gossipy"}},
+            "unknown protocol 'gossipy'; valid: cesar, d-psgd, epidemic",
+        ),
         ({"topology": {"name": "regular", "degree": 6}}, "degree"),
         (
             {"topology": {"name": "regular", "degree": 3}, "nodes": 5},

@@ -108,8 +108,17 @@ def topology_for(name: str, factory: Callable[[], Protocol]) -> Topo:
     )
 
 
+OPTION_NEEDS: dict[str, dict] = {"muted-gossip": {"mute": 1.0}}
+"""Protocols whose defaults show the observer nothing in ``ROUNDS`` rounds: muted gossip's
+source is node 0, the lone curious node, and only plain push (mute 1) brings the rumour
+back to it in time."""
+
+
 def protocol_factories() -> dict[str, Callable[[], Protocol]]:
-    registered = {name: (lambda name=name: PROTOCOLS[name]()) for name in PROTOCOLS.names()}
+    registered = {
+        name: (lambda name=name: PROTOCOLS[name](**OPTION_NEEDS.get(name, {})))
+        for name in PROTOCOLS.names()
+    }
     return registered | TOYS
 
 

@@ -23,6 +23,7 @@ prepare_environment()  # OMP_WAIT_POLICY must be set before anything loads torch
 
 from privlab.accounting.cli import add_budget_parser  # noqa: E402
 from privlab.errors import PrivlabError, check  # noqa: E402
+from privlab.gossip_command import add_gossip_parser  # noqa: E402
 from privlab.results import (  # noqa: E402
     FILES,
     LEGACY_OBSERVATIONS,
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.set_defaults(func=_cmd_demo)
 
     add_budget_parser(sub)
+    add_gossip_parser(sub)
     return parser
 
 

@@ -150,6 +150,14 @@ class Cesar(Protocol):
     def setup(self, context: RoundContext) -> None:
         super().setup(context)
         n = context.num_nodes
+        most = int(context.topology.plan(1).in_degree().max())
+        check(
+            self.threshold <= most - 1,
+            "threshold",
+            f"at most {most - 1}, the largest in-degree minus one (a coordinate is "
+            "aggregated only when that many other senders share it)",
+            self.threshold,
+        )
         seeds = context.streams.node_seeds("cesar-keys", 0, 0, range(n))
         self._private = [
             X25519PrivateKey.from_private_bytes(

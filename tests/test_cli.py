@@ -211,6 +211,18 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
             "gradient.relative_sensitivity must be in [0, 1)",
         ),
         ({"gradient": {"name": "relative-gaussian"}}, "for model 'logreg' only"),
+        ({"protocol": {"name": "shatter", "virtual_nodes": 0}}, "protocol.virtual_nodes must be"),
+        (
+            {"protocol": {"name": "shatter", "virtual_nodes": 3, "degree": 3}, "nodes": 5},
+            "degree * n * virtual_nodes is even",
+        ),
+        ({"protocol": {"name": "cesar", "fraction": 1.5}}, "protocol.fraction must be in (0, 1]"),
+        ({"protocol": {"name": "cesar", "threshold": 0}}, "protocol.threshold must be"),
+        (
+            {"protocol": {"name": "cesar", "threshold": 9}, "topology": {"name": "ring"}},
+            "protocol.threshold must be at most 1",
+        ),
+        ({"protocol": {"name": "muted-gossip", "mute": 1.5}}, "protocol.mute must be in [0, 1]"),
         (
             {"protocol": {"name": "zipdl", "noise_multiplier": -1.0}},
             "protocol.noise_multiplier must be >= 0 and finite, got -1.0",

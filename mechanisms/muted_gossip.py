@@ -28,11 +28,13 @@ Two engines of this model:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from privlab.context import RoundContext
 from privlab.errors import check, is_integer, is_real
@@ -178,6 +180,7 @@ def simulate(
     graph=None,
     reactivate: bool = True,
     seed: int = 0,
+    progress: bool = False,
 ) -> GossipRuns:
     """``runs`` independent runs of muted gossip with muting parameter ``mute`` (= s).
 
@@ -190,6 +193,7 @@ def simulate(
     ``[runs, n]``; the active nodes of each run are kept in a swap-remove list, so a step
     costs O(live runs)). A run stops when everybody is informed or nobody is active.
     Sources are uniform per run; ``curious`` is a fraction or a set (see ``_draw_curious``).
+    ``progress`` shows a bar of finished runs on a terminal.
     """
     check(is_integer(num_nodes) and num_nodes >= 2, "num_nodes", ">= 2 (an integer)", num_nodes)
     check(is_integer(runs) and runs >= 1, "runs", ">= 1 (an integer)", runs)
@@ -219,6 +223,7 @@ def simulate(
     events = np.zeros(R, dtype=np.int64)
 
     live = rows.copy()
+    bar = tqdm(total=R, desc="runs", disable=not (progress and sys.stderr.isatty()), leave=False)
     while live.size:
         size = live.size
         base = live * n
@@ -265,7 +270,10 @@ def simulate(
 
         done = num_informed[live] == n
         spread_time[live[done]] = now[done]
+        finished = live.size
         live = live[~done & (count[live] > 0)]
+        bar.update(finished - live.size)
+    bar.close()
 
     return GossipRuns(
         num_nodes=n,

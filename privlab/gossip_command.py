@@ -1,10 +1,10 @@
 """``privlab gossip``: muted gossip simulated over many runs, against its theory.
 
 Simulates ``--runs`` independent runs of muted gossip (Bellet, Guerraoui, Hendrikx, DISC
-2020; ``privlab.mechanisms.muted_gossip.simulate``) and prints the spreading time (mean
-and 95% interval of the mean), the first-spy attack's success rate with its
-Clopper-Pearson interval, the s = 0 theory on the complete graph ((m+1)/n and
-(n-1) H(n-1)), and the empirical (epsilon, delta) of the first-spy event
+2020; ``privlab.mechanisms.muted_gossip.simulate``; a progress bar on a terminal) and
+prints the spreading time (mean and 95% interval of the mean), the first-spy attack's
+success rate with its Clopper-Pearson interval, the s = 0 theory on the complete graph
+((m+1)/n and (n-1) H(n-1)), and the empirical (epsilon, delta) of the first-spy event
 (``privlab.accounting.gossip.empirical_delta``).
 """
 
@@ -52,7 +52,9 @@ def run_gossip(args: argparse.Namespace) -> int:
     if args.topology != "complete":
         options = {} if args.degree is None else {"degree": args.degree}
         graph = build_topology(args.topology, args.nodes, seed=args.seed, **options).graph
-    runs = simulate(args.nodes, args.mute, args.runs, curious=f, graph=graph, seed=args.seed)
+    runs = simulate(
+        args.nodes, args.mute, args.runs, curious=f, graph=graph, seed=args.seed, progress=True
+    )
     spread = runs.spread_time[np.isfinite(runs.spread_time)]
     half = 1.96 * spread.std(ddof=1) / math.sqrt(len(spread)) if len(spread) > 1 else 0.0
     success = first_spy_success(runs)

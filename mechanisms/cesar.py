@@ -325,8 +325,7 @@ class Cesar(Protocol):
     ) -> torch.Tensor:
         if exchange < self.exchanges - 1:
             return own
-        to_node = plan.dst == node
-        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
+        weight_of = plan.weights_into(node)
         total = [0] * own.shape[0]
         weights = [0.0] * own.shape[0]
         for sender, indices, payload in zip(

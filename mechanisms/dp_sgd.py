@@ -10,13 +10,11 @@ in the node's ledger: a node's epsilon protects the records of its own data.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from privlab.accounting.events import GaussianEvent, PoissonSampledEvent, PrivacyEvent
 from privlab.context import RoundContext
-from privlab.errors import PrivlabError, check, is_real
+from privlab.errors import PrivlabError, check, check_positive_finite, is_real
 from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
 from privlab.sampling import Batch, poisson_batches, shuffle_batches
 
@@ -47,18 +45,8 @@ class DPSGD(GradientMechanism):
         sampling: str = "poisson",
         sample_rate: float | None = None,
     ):
-        check(
-            is_real(noise_multiplier) and math.isfinite(noise_multiplier) and noise_multiplier > 0,
-            "noise_multiplier",
-            "> 0 and finite",
-            noise_multiplier,
-        )
-        check(
-            is_real(max_grad_norm) and math.isfinite(max_grad_norm) and max_grad_norm > 0,
-            "max_grad_norm",
-            "> 0 and finite",
-            max_grad_norm,
-        )
+        check_positive_finite(noise_multiplier, "noise_multiplier")
+        check_positive_finite(max_grad_norm, "max_grad_norm")
         check(sampling in SAMPLINGS, "sampling", "one of 'poisson', 'shuffle'", sampling)
         if sample_rate is not None:
             check(

@@ -43,7 +43,7 @@ from torch import nn
 
 from privlab.accounting.events import PrivacyEvent, RelativeGaussianEvent
 from privlab.context import RoundContext
-from privlab.errors import PrivlabError, check, is_real
+from privlab.errors import PrivlabError, check, check_positive_finite, is_real
 from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
 from privlab.sampling import Batch
 
@@ -108,12 +108,7 @@ class RelativeGaussian(GradientMechanism):
         relative_sensitivity: Sensitivity | None = None,
         absolute_sensitivity: Sensitivity | None = None,
     ):
-        check(
-            is_real(noise_multiplier) and math.isfinite(noise_multiplier) and noise_multiplier > 0,
-            "noise_multiplier",
-            "> 0 and finite",
-            noise_multiplier,
-        )
+        check_positive_finite(noise_multiplier, "noise_multiplier")
         if (relative_sensitivity is None) != (absolute_sensitivity is None):
             missing = "relative_sensitivity" if relative_sensitivity is None else ""
             missing = missing or "absolute_sensitivity"

@@ -158,8 +158,7 @@ class SparseDPSGD(Protocol):
         round: int,
         exchange: int,
     ) -> torch.Tensor:
-        to_node = plan.dst == node
-        weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
+        weight_of = plan.weights_into(node)
         weighted = [0.0] * own.shape[0]
         weights = [0.0] * own.shape[0]
         for sender, indices, payload in zip(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,12 @@ def check(condition: bool, field: str, valid: str, value: object) -> None:
     """Raise ``PrivlabError`` saying ``field`` must be ``valid`` unless ``condition`` holds."""
     if not condition:
         raise PrivlabError(f"{field} must be {valid}, got {value!r}")
+
+
+def check_positive_finite(value: object, field: str) -> float:
+    """``value`` as a float when it is a real number > 0 and finite, else a ``PrivlabError``."""
+    check(is_real(value) and math.isfinite(value) and value > 0, field, "> 0 and finite", value)
+    return float(value)
 
 
 def is_integer(value: object) -> bool:

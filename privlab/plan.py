@@ -146,6 +146,11 @@ class CommPlan:
             object.__setattr__(self, "_csr", matrix)
         return matrix
 
+    def weights_into(self, node: int) -> dict[int, float]:
+        """``{sender: W[node, sender]}`` over the edges into ``node`` (for reference code)."""
+        to_node = self.dst == node
+        return dict(zip(self.src[to_node].tolist(), self.weight[to_node].tolist()))
+
     def in_degree(self) -> torch.Tensor:
         """Number of senders to each node, int64 [n]."""
         return torch.bincount(self.dst, minlength=self.num_nodes)

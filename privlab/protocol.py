@@ -272,8 +272,7 @@ def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int)
 def mix_node(node: int, own: torch.Tensor, inbox: Messages, plan: CommPlan) -> torch.Tensor:
     """``W[v, v] own + sum_u W[v, u] payload_u`` for node ``v``, one message at a time: the
     obviously correct per-node gossip step the reference ``receive_node`` methods use."""
-    to_node = plan.dst == node
-    weight_of = dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
+    weight_of = plan.weights_into(node)
     out = float(plan.self_weight[node]) * own
     for sender, payload in zip(inbox.src.tolist(), inbox.payload):
         out = out + weight_of[sender] * payload

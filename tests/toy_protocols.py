@@ -19,13 +19,7 @@ import numpy as np
 import torch
 
 from privlab.accounting import GaussianEvent
-from privlab.plan import CommPlan
 from privlab.protocol import Messages, Protocol, mix_node, weighted_inbox_sum
-
-
-def _plan_weight(plan: CommPlan, node: int) -> dict[int, float]:
-    to_node = plan.dst == node
-    return dict(zip(plan.src[to_node].tolist(), plan.weight[to_node].tolist()))
 
 
 class PerReceiverNoise(Protocol):

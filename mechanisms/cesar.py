@@ -95,8 +95,9 @@ class Cesar(Protocol):
        ``metadata_bytes``, payload empty. Other rounds send no message.
     1. (``independent-random`` and ``topk`` only) Index announcement: each sender tells
        v the index set it would like to send, and v relays to each sender the others'
-       sets (v sees every set: this is TopK's leakage). Counted as metadata:
-       4 bytes per announced index plus 4 per relayed index.
+       sets (v sees every set: this is TopK's leakage). The announced set is the
+       message's ``indices`` (so the observation log records what v sees, and counts
+       4 bytes per index); the relayed sets are metadata, 4 bytes per index.
     2. (last) Masked payload. Coordinate c of u goes to v only if at least t *other*
        senders of v also want c; otherwise it is withheld. u encodes
        ``w_vu x_u[c]`` (Metropolis-Hastings weight, known from the two degrees) in
@@ -223,15 +224,23 @@ class Cesar(Protocol):
         return want & (count[plan.dst] >= self.threshold + 1)
 
     def _index_exchange(self, want: torch.Tensor, plan: CommPlan) -> Messages:
+        """Edge a -> b carries a's wanted set for receiver b (its ``indices``, what the
+        observation log keeps) and, as metadata, the sets of a's other senders that a
+        relays to b (4 bytes per index)."""
         announced = want.sum(dim=1)
         per_receiver = torch.zeros(plan.num_nodes, dtype=torch.int64)
         per_receiver.index_add_(0, plan.dst, announced)
-        # edge a -> b: a announces its set to b, and relays the sets of a's other senders
         reverse = torch.zeros(plan.num_nodes * plan.num_nodes, dtype=torch.int64)
         reverse[plan.src * plan.num_nodes + plan.dst] = announced  # |want(b -> a)| at [b, a]
         relayed = per_receiver[plan.src] - reverse[plan.dst * plan.num_nodes + plan.src]
-        metadata = INDEX_BYTES * (announced + relayed)
-        return Messages(plan.src, plan.dst, torch.zeros(plan.num_edges, 0), metadata_bytes=metadata)
+        indices, _ = pack(want, want)
+        return Messages(
+            plan.src,
+            plan.dst,
+            torch.zeros(plan.num_edges, 0),
+            indices=indices,
+            metadata_bytes=INDEX_BYTES * relayed,
+        )
 
     def masked(self, state: torch.Tensor, plan: CommPlan, round: int) -> tuple:
         """``(sent[E, D], encoded[E, D] int64, wire[E, D] uint64)``: what each edge sends,

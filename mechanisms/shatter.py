@@ -17,6 +17,7 @@ from privlab.context import RoundContext
 from privlab.errors import check, is_integer
 from privlab.protocol import PROTOCOLS, Messages, Protocol
 from privlab.rng import derive_seed, numpy_generator
+from privlab.topology import EpidemicOracle
 
 CHUNKINGS = ("contiguous", "random")
 
@@ -24,9 +25,13 @@ METADATA_BYTES = 20
 """Header of a chunk message: the round (int32), the sender's and the receiver's 63-bit
 pseudonyms (int64 each). The chunk's coordinates are counted apart, 4 bytes each."""
 
-GRAPH_STREAM = "el-oracle"
-"""The seed stream of the virtual-node graph: the one EL-Oracle draws its graph from, so
-with one virtual node per real node the graph over slots is EL-Oracle's graph."""
+
+def graph_seed(seed: int, key: int) -> int:
+    """The seed of the virtual-node graph of round ``key``: the seed EL-Oracle's graph of
+    that round has in a run with the same experiment seed (``privlab.experiment`` seeds
+    the topology with ``derive_seed(seed, "topology")``), so that with one virtual node per
+    real node Shatter's graph is EL-Oracle's graph."""
+    return derive_seed(derive_seed(seed, "topology"), EpidemicOracle.name, key)
 
 
 @dataclass(frozen=True)
@@ -35,9 +40,7 @@ class ShatterPlan:
 
     ``src[E]`` / ``dst[E]`` are the real sender and receiver (ground truth), ``chunk[E]``
     the chunk the sending virtual node holds, ``sender_label[E]`` / ``receiver_label[E]``
-    the round's fresh pseudonyms of the sending and receiving virtual nodes. ``slot_vn[N]``
-    maps each slot of the random graph to its virtual node ``i * k + c`` (real node ``i``,
-    chunk ``c``); it is simulator ground truth and never put on the wire.
+    the round's fresh pseudonyms of the sending and receiving virtual nodes.
     """
 
     num_nodes: int
@@ -46,7 +49,6 @@ class ShatterPlan:
     chunk: torch.Tensor
     sender_label: torch.Tensor
     receiver_label: torch.Tensor
-    slot_vn: torch.Tensor
 
 
 @PROTOCOLS.register("shatter")
@@ -63,26 +65,29 @@ class Shatter(Protocol):
       union over layers of part c, drawn from the seed tree (``"shatter-chunks"``);
     * each round (or once, ``dynamic=False``) a random ``degree``-regular graph is drawn
       over all n k virtual nodes (``nx.random_regular_graph(r, n k, seed)`` with EL-Oracle's
-      seed derivation), not one graph per chunk index: a virtual node may receive any
-      chunk index from any real node, including its own real node (the authors do not
-      prevent that either), so every real node receives exactly k r chunks per round;
+      seed, ``graph_seed``), not one graph per chunk index; graph node ``i k + c`` is
+      real node i's virtual node for chunk c. A virtual node may receive any chunk index
+      from any real node, including its own real node (the authors do not prevent that
+      either), so every real node receives exactly k r chunks per round;
     * each virtual node sends its chunk to its r neighbours; a real node averages each
       coordinate over its own value and every received value of that coordinate, over the
       inboxes of all its virtual nodes: ``(x_i + sum of received values) / (1 + count)``.
 
-    With k = 1 this is Epidemic Learning (EL-Oracle, fanout r) on a relabelled EL-Oracle
-    graph.
+    With k = 1 this is Epidemic Learning with EL-Oracle, fanout r, on the same seed: the
+    same graph each round, and the same average over self and r received models.
 
     Two flaws of the authors' code are avoided. (1) Their virtual node ids are
-    ``uid + j * n``, so ``vid mod n`` reveals the real node: here the graph's slots are
-    mapped to (real node, chunk) by a fresh random permutation each round, and messages
-    carry only fresh random 63-bit pseudonyms (each node draws its virtual nodes' labels
-    from its own secret stream, keyed by round), never anything computed from an id.
+    ``uid + j * n`` and travel in the messages, so ``vid mod n`` reveals the real node:
+    here messages carry only fresh random 63-bit pseudonyms (each node draws its virtual
+    nodes' labels from its own secret stream, keyed by round), never anything computed
+    from an id. Graph positions stay simulator ground truth; the graph's law does not
+    depend on how its nodes are numbered, so numbering them ``i k + c`` tells a receiver
+    nothing (``tests/test_shatter.py`` checks the labels' joint distribution).
     (2) Their sparsification seeds ``random_seed * uid * 100 + round`` travel in the
     messages and name the sender: here no seed or id is sent, and every random draw comes
     from the experiment's secret seed tree.
 
-    ``dynamic=False`` fixes the graph and the slot assignment (those of round 0); the
+    ``dynamic=False`` fixes the graph (that of round 0); the
     pseudonyms stay fresh each round, though a fixed graph lets neighbours link them.
     Bytes of a round: ``n r sum_c |S_c| (4 + 4) + n k r * 20`` = ``8 n r D + 20 n k r``
     (value and index per entry; a 20-byte header per message), messages a real node sends
@@ -166,12 +171,10 @@ class Shatter(Protocol):
         n, k, r = self.context.num_nodes, self.virtual_nodes, self.degree
         total, seed = n * k, self.context.streams.seed
         key = round if self.dynamic else 0
-        graph = nx.random_regular_graph(r, total, seed=derive_seed(seed, GRAPH_STREAM, key))
+        graph = nx.random_regular_graph(r, total, seed=graph_seed(seed, key))
         edges = np.asarray(list(graph.edges()), dtype=np.int64).reshape(-1, 2)
-        slots_from = np.concatenate([edges[:, 0], edges[:, 1]])
-        slots_to = np.concatenate([edges[:, 1], edges[:, 0]])
-        slot_vn = numpy_generator(seed, "shatter-slots", key).permutation(total)
-        sender, receiver = slot_vn[slots_from], slot_vn[slots_to]
+        sender = np.concatenate([edges[:, 0], edges[:, 1]])
+        receiver = np.concatenate([edges[:, 1], edges[:, 0]])
         labels = torch.tensor(  # labels[i * k + c]: node i's fresh pseudonym for chunk c
             [
                 self.context.streams.node_seeds("shatter-pseudonyms", round, c, range(n))
@@ -190,7 +193,6 @@ class Shatter(Protocol):
             chunk=sender % k,
             sender_label=torch.from_numpy(sender_label[order]),
             receiver_label=torch.from_numpy(receiver_label[order]),
-            slot_vn=torch.from_numpy(slot_vn),
         )
 
     def send(self, state: torch.Tensor, plan: ShatterPlan, round: int, exchange: int) -> Messages:

@@ -50,7 +50,8 @@ class Messages:
     sender (a pseudonym); by default the true sender ``src[e]``. ``receiver_label[e]``
     names the virtual receiver of a message (by default the real receiver ``dst[e]``).
     ``metadata_bytes`` is the header size of every message (an int) or of each one
-    (an int64 tensor ``[E]``).
+    (an int64 tensor ``[E]``). A message of indices only (an index set announced, as in
+    CESAR's TopK) has ``indices[E, k]`` and an empty ``payload[E, 0]``.
 
     When every message is its sender's whole state, build them with ``Messages.of_rows``:
     the payload is then read from the senders' rows on demand, so broadcast protocols
@@ -82,8 +83,11 @@ class Messages:
             )
         if rows is not None and (rows.ndim != 2 or indices is not None):
             raise PrivlabError("messages.rows must be [n, D] and carry no indices")
-        if indices is not None and indices.shape != payload.shape:
-            raise PrivlabError("messages.indices must have the payload's shape [E, k]")
+        if indices is not None and indices.shape != payload.shape and payload.shape[1] != 0:
+            raise PrivlabError(
+                "messages.indices must have the payload's shape [E, k] (or payload [E, 0]: "
+                "messages of indices only)"
+            )
         for label, tensor in (("sender_label", sender_label), ("receiver_label", receiver_label)):
             if tensor is not None and tensor.shape != (e,):
                 raise PrivlabError(f"messages.{label} must have shape [E]")
@@ -144,8 +148,9 @@ class Messages:
         metadata = self.metadata_bytes
         if not isinstance(metadata, torch.Tensor):
             metadata = torch.full_like(entries, metadata)
+        value_bytes = self.element_size if self.width else 0
         return {
-            "payload": entries * self.element_size,
+            "payload": entries * value_bytes,
             "indices": index_bytes,
             "metadata": metadata,
         }

@@ -13,6 +13,7 @@ from scipy import stats
 from privlab.errors import PrivlabError
 from privlab.mechanisms.cesar import Cesar, mask_stream
 from privlab.mechanisms.sparsification import SparseDPSGD, sparse_count
+from privlab.observe import Observer, threat_model_from
 from privlab.topology import build_topology
 
 SPARSIFIERS = ("random", "independent-random", "topk")
@@ -211,8 +212,32 @@ def test_index_announcement_is_counted_for_topk():
     protocol, plan = _setup(Cesar(fraction=0.25, sparsifier="topk"), dim=40)
     messages = protocol.send(torch.randn(8, 40), plan, 0, 1)
     m = sparse_count(0.25, 40)
-    # announce own set (m indices) and relay the 2 other senders' sets (2 m)
-    assert (messages.bytes_per_message()["metadata"] == 4 * 3 * m).all()
+    # the own set announced (m indices) and the 2 other senders' sets relayed (2 m)
+    sizes = messages.bytes_per_message()
+    assert (sizes["indices"] == 4 * m).all()
+    assert (sizes["metadata"] == 4 * 2 * m).all()
+    assert (sizes["payload"] == 0).all()
+
+
+def test_the_log_holds_the_topk_sets_a_receiver_relays_and_the_masked_integers():
+    curious = 2
+    protocol, plan = _setup(Cesar(fraction=0.25, sparsifier="topk"), dim=40)
+    observer = Observer(threat_model_from(curious_nodes=[curious]), 8, 40)
+    state = torch.randn(8, 40, generator=torch.Generator().manual_seed(3))
+    want = protocol.sparsifier.want(state, plan, 0, protocol.context.streams)
+    for exchange in range(protocol.exchanges):
+        messages = protocol.send(state, plan, 0, exchange)
+        observer.record(0, exchange, messages)
+        state = protocol.receive(state, messages, plan, 0, exchange)
+    by_exchange = {o.exchange: o for o in observer.log.observations}
+    announced, masked = by_exchange[1], by_exchange[2]
+    into = (plan.dst == curious).nonzero().flatten()
+    assert sorted(announced.true_sender.tolist()) == plan.src[into].tolist()
+    assert announced.payload.shape == (len(into), 0)
+    for sender, indices in zip(announced.true_sender.tolist(), announced.indices):
+        edge = int(into[plan.src[into] == sender][0])
+        assert indices[indices >= 0].tolist() == want[edge].nonzero().flatten().tolist()
+    assert masked.payload.dtype == torch.int64  # ring elements, never the plaintext floats
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ gradient mechanisms in ``privlab.gradient.GRADIENT_MECHANISMS``.
 from privlab.mechanisms.cesar import Cesar
 from privlab.mechanisms.dp_sgd import DPSGD
 from privlab.mechanisms.gossip import DecentralizedSGD, EpidemicLearning
+from privlab.mechanisms.local import LocalOnly
 from privlab.mechanisms.muffliato import Muffliato
 from privlab.mechanisms.muted_gossip import MutedGossip
 from privlab.mechanisms.relative_gaussian import RelativeGaussian
@@ -19,6 +20,7 @@ __all__ = [
     "DPSGD",
     "DecentralizedSGD",
     "EpidemicLearning",
+    "LocalOnly",
     "Muffliato",
     "MutedGossip",
     "RelativeGaussian",

@@ -1,4 +1,5 @@
-"""The ``privlab`` command: ``run`` an experiment, the ``demo``, privacy ``budget``s.
+"""The ``privlab`` command: ``run`` an experiment, the ``demo``, privacy ``budget``s,
+``gossip`` simulations, ``attack``s of a finished run.
 
 Exit status: 0 done; 2 bad input (one line ``privlab: error: ...`` on stderr, no
 traceback, nothing written); 3 training diverged (the rounds before it are kept);
@@ -22,6 +23,7 @@ from privlab.threads import configure_threads, prepare_environment
 prepare_environment()  # OMP_WAIT_POLICY must be set before anything loads torch
 
 from privlab.accounting.cli import add_budget_parser  # noqa: E402
+from privlab.attack_command import add_attack_parser  # noqa: E402
 from privlab.errors import PrivlabError, check  # noqa: E402
 from privlab.gossip_command import add_gossip_parser  # noqa: E402
 from privlab.results import (  # noqa: E402
@@ -125,6 +127,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out, f"runs/{config.name}-{stamp}")
     _check_out_dir(out, args.force)
     experiment = build(config, run_dir=out)  # every name and value checked first
+    if config.attacks:
+        from privlab.attacks.runner import check_configured
+
+        check_configured(config.attacks)
     _prepare_out_dir(out)
     with warnings.catch_warnings():  # said below, as the one error line
         warnings.simplefilter("ignore", DivergedWarning)
@@ -148,6 +154,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"at delta {summary['network_privacy']['delta']:g}, per unit sensitivity"
         )
     print(f"results in {out}/")
+    if config.attacks and "diverged" not in summary and not summary["interrupted"]:
+        _run_configured_attacks(out, config.attacks, progress=not args.quiet)
     if "diverged" in summary:
         print(f"privlab: error: {divergence_message(summary['diverged'], config)}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -155,6 +163,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("interrupted: kept the rounds that finished", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _run_configured_attacks(out: Path, attacks: list, *, progress: bool) -> None:
+    from privlab.attack_command import headline
+    from privlab.attacks.runner import run_configured
+
+    with warnings.catch_warnings():  # the CLI's own report lines say what matters
+        warnings.simplefilter("ignore")
+        reports = run_configured(out, attacks, progress=progress)
+    for report, folder in reports:
+        print(f"{report.attack} {report.method} ({report.attacker} attacker): {headline(report)}")
+        print(f"  report in {folder}/")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -226,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_budget_parser(sub)
     add_gossip_parser(sub)
+    add_attack_parser(sub)
     return parser
 
 

@@ -112,6 +112,18 @@ class ObserverConfig(_Section):
     rounds: list[int] | None = Field(None, min_length=1)
 
 
+class AttackConfig(_Section):
+    """One attack ``privlab run`` evaluates on the finished run (``privlab attack``):
+    ``attack`` (mia, linkability, inversion, source), ``method`` (default: the attack's
+    first), ``rounds`` (default: every recorded round) and the attack's ``options``. Its
+    report goes to ``RUN_DIR/attacks/<attack>-<method>/``."""
+
+    attack: str
+    method: str | None = None
+    rounds: list[int] | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class EvaluationConfig(_Section):
     """What an evaluation covers (every ``eval_every`` rounds): ``test_accuracy`` and
     ``train_loss`` of ``nodes`` nodes (null: every node) on ``test_samples`` test samples
@@ -157,6 +169,7 @@ class ExperimentConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     observer: ObserverConfig | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    attacks: list[AttackConfig] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -180,6 +193,15 @@ class ExperimentConfig(_Section):
                         f"observer.rounds must be rounds in [1, {self.rounds}] "
                         f"(rounds count from 1), got {r}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _attacks_have_an_observer(self) -> ExperimentConfig:
+        if self.attacks and self.observer is None:
+            raise ValueError(
+                "attacks need an observer section (who is curious), e.g. "
+                "observer: {curious_nodes: [0]}"
+            )
         return self
 
     def model_post_init(self, context: Any) -> None:

@@ -55,7 +55,10 @@ def shuffle_batches(
     width = min(batch_size, m)
     keys = streams.uniform("batch", round, step, nodes.tolist(), m)
     keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2.0  # padding sorts last
-    positions = keys.argsort(dim=1, stable=True)[:, :width]
+    # the width smallest keys in increasing order, ties to the lower position (what a
+    # stable argsort gives), by a partial sort of exact integer keys
+    ranked = (keys * 2.0**24).to(torch.int64) * m + torch.arange(m)
+    positions = torch.topk(ranked, width, dim=1, largest=False, sorted=True).indices
     if int(own.min()) >= batch_size:
         return Batch(padded.gather(1, positions))
     drawn = own.clamp(max=batch_size).unsqueeze(1)

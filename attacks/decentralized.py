@@ -1,0 +1,519 @@
+"""Membership inference on the models a curious party receives in decentralized learning.
+
+A curious node logs every message it receives (``privlab.observe``) and attacks each
+neighbour's model, per victim and per round, as the seed papers do:
+
+* Shatter (Biswas, Even, Kermarrec, Massoulié, Pires, Sharma & de Vos, PoPETs 2025;
+  artifact ``sacs-epfl/shatter``, ``LOSSCIFARTestSet.py``, ``eval/evaluate_attack.py``):
+  LOSS on every received (chunk-completed) model; ROC-AUC per attack instance, then
+  mean and spread per victim and per round (``per_victim``, ``per_round``);
+* Zip-DL (Biswas, Frey, Gaudel, Kermarrec, Lerévérend, Pires, Sharma & Taïani, PoPETs
+  2025, §6.1 and App. A.7): LOSS on the noisy models received from a neighbour, AUC
+  averaged over victims at each saved round, then over the saved rounds
+  (``mean_over_rounds``); and the loss-trajectory classifier.
+
+Pasquini, Raynal & Troncoso (S&P 2023) and El Mrini, Cyffers & Bellet (ICML 2024) show
+why the received model is the natural target: after "train, then average", a
+neighbour's message is its model right after its local steps on its own data.
+
+Members are the victim's training samples, non-members come from the run's non-member
+pool, disjoint from every training set (``membership_samples``). Ground truth (the true
+sender) chooses the victim and scores the attack; it is never an input of a score.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import numpy as np
+import pandas as pd
+import torch
+
+from privlab.attacks.metrics import (
+    DEFAULT_FPRS,
+    MembershipEvaluation,
+    ResolutionWarning,
+    evaluate_membership,
+    pooled,
+)
+from privlab.attacks.mia import (
+    ATTACKER,
+    TrajectoryClassifier,
+    loss_scores,
+    population_scores,
+    rmia_scores,
+)
+from privlab.attacks.run_data import (
+    AttackContext,
+    MembershipSample,
+    ReceivedModel,
+    by_round,
+    membership_samples,
+    received_models,
+)
+from privlab.attacks.signals import model_logits, per_example_loss, true_class_probability
+from privlab.errors import PrivlabError, check, is_integer, is_real
+from privlab.rng import numpy_generator
+
+__all__ = [
+    "AGGREGATES",
+    "METHODS",
+    "DecentralizedMIAResult",
+    "MembershipSample",
+    "ReceivedModel",
+    "ReceivedModelMIA",
+    "membership_samples",
+    "received_models",
+]
+
+METHODS: dict[str, str] = {
+    "loss": ATTACKER["loss"],
+    "population": ATTACKER["population"],
+    "calibrated": "peer",
+    "rmia-offline": ATTACKER["rmia-offline"],
+    "trajectory": ATTACKER["trajectory"],
+}
+"""Who can run each method: "peer" (a curious node) or "oracle" (needs membership labels)."""
+AGGREGATES = ("pooled", "last", "mean", "max")
+NEEDS_OWN_DATA = ("population", "rmia-offline")
+
+
+# ------------------------------------------------------------------------------- attack
+
+
+@dataclass(frozen=True)
+class ReceivedModelMIA:
+    """Membership inference on every model a curious party receives, per victim and round.
+
+    Methods (``method``; ``attacker`` says who can run it):
+
+    * ``loss`` (Yeom et al., CSF 2018; Shatter's and Zip-DL's attack): score ``-loss``
+      of the received model. Peer.
+    * ``population`` (Attack-P, Ye et al., CCS 2022): the fraction of the attacker's own
+      training samples (its population Z, ``population`` of them) on which the received
+      model's loss is at least the example's. Peer; needs the attacker's data.
+    * ``calibrated`` (difficulty calibration, Watson, Guo, Cormode & Sablayrolles, ICLR
+      2022, Eq. 2, with the attacker's own model as the reference model): score
+      ``loss(own) - loss(received)``, ``own`` as estimated by ``received_models``. Peer.
+    * ``rmia-offline`` (RMIA, Zarifzadeh, Liu & Shokri, ICML 2024, offline, one reference
+      model): the reference is the attacker's own model, the population Z its own
+      training samples, ``a = offline_a``. Peer; needs the attacker's data.
+    * ``trajectory`` (Zip-DL's classifier attack, ``mia.TrajectoryClassifier``): each
+      sample's loss over the rounds in which the victim's model was received (the mean
+      over that round's messages), one classifier per victim fitted on a random
+      ``train_fraction`` of its members and non-members with their membership labels and
+      scored on the rest, both halves drawn per class of membership. Oracle: the attacker
+      is assumed to know the membership of part of the victim's data, as in Zip-DL.
+
+    ``completion`` (see ``received_models``) completes chunks; with ``mask-aware`` the
+    loss signal of ``loss``, ``population`` and ``calibrated`` becomes the change
+    ``loss(completed) - loss(own)``, whose coordinates outside the chunk cancel, so only
+    the chunk's coordinates count (``calibrated`` is then unchanged; ``rmia-offline``
+    already divides by the own model and equals ``own``; ``trajectory`` needs plain
+    losses and refuses it).
+
+    ``aggregate`` makes attack instances from the per-message scores: ``pooled`` one
+    instance per received message (per victim and round; per chunk for Shatter);
+    ``last`` only those of each victim's last round; ``mean`` / ``max`` one instance per
+    victim, its per-sample scores averaged / maximised over its messages. ``trajectory``
+    takes ``pooled`` only (its instances are already per victim).
+
+    Each victim is attacked on ``membership_samples(context, victim,
+    num=samples_per_victim, seed=seed, match_labels=match_labels)``.
+    """
+
+    method: str = "loss"
+    aggregate: str = "pooled"
+    completion: str | None = None
+    exchange: int = -1
+    samples_per_victim: int = 200
+    match_labels: bool = True
+    population: int = 200
+    train_fraction: float = 0.5
+    offline_a: float = 0.3
+    fprs: tuple[float, ...] = DEFAULT_FPRS
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.method in METHODS, "method", f"one of {', '.join(METHODS)}", self.method)
+        check(
+            self.aggregate in AGGREGATES,
+            "aggregate",
+            f"one of {', '.join(AGGREGATES)}",
+            self.aggregate,
+        )
+        if self.method == "trajectory":
+            check(
+                self.aggregate == "pooled",
+                "aggregate",
+                "'pooled' for method 'trajectory' (its instances are already per victim)",
+                self.aggregate,
+            )
+            check(
+                self.completion != "mask-aware",
+                "completion",
+                "'own' or 'zeros' for method 'trajectory' (it classifies plain losses)",
+                self.completion,
+            )
+        check(
+            is_integer(self.population) and self.population >= 1,
+            "population",
+            ">= 1",
+            self.population,
+        )
+        check(
+            is_real(self.train_fraction) and 0 < self.train_fraction < 1,
+            "train_fraction",
+            "in (0, 1)",
+            self.train_fraction,
+        )
+
+    @property
+    def attacker(self) -> str:
+        """Who can run the method: "peer" or "oracle" (``METHODS``)."""
+        return METHODS[self.method]
+
+    def run(
+        self,
+        context: AttackContext,
+        party: str | None = None,
+        rounds: Iterable[int] | None = None,
+        victims: Iterable[int] | None = None,
+        *,
+        progress: bool = False,
+    ) -> DecentralizedMIAResult:
+        """Attack every model ``party`` received in ``rounds`` (None: every recorded
+        round) from ``victims`` (None: every sender but the party's own nodes); a
+        progress bar of rounds on a terminal with ``progress``."""
+        party = context.party(party)
+        population = self._population(context, party)
+        chosen = None if victims is None else {int(v) for v in victims}
+        samples: dict[int, _Inputs] = {}
+        signals: list[_Signal] = []
+        models = received_models(
+            context, party, rounds, exchange=self.exchange, completion=self.completion
+        )
+        for in_round in by_round(context, models, rounds, progress=progress):
+            by_victim: dict[int, list[ReceivedModel]] = {}
+            for received in in_round:
+                if chosen is None or received.victim in chosen:
+                    by_victim.setdefault(received.victim, []).append(received)
+            for victim, group in by_victim.items():
+                if victim not in samples:
+                    samples[victim] = _Inputs.of(context, self._sample(context, victim))
+                signals.extend(self._signals(context, group, samples[victim], population))
+        if not signals:
+            raise PrivlabError(
+                f"party {party} received no model to attack in the chosen rounds and victims"
+            )
+        return self._result(party, self._instances(signals))
+
+    # -- scores -----------------------------------------------------------------------
+
+    def _sample(self, context: AttackContext, victim: int) -> MembershipSample:
+        return membership_samples(
+            context,
+            victim,
+            num=self.samples_per_victim,
+            seed=self.seed,
+            match_labels=self.match_labels,
+        )
+
+    def _population(self, context: AttackContext, party: str) -> _Inputs | None:
+        """The attacker's population Z: a sample of its own training data."""
+        if self.method not in NEEDS_OWN_DATA:
+            return None
+        own = context.own_indices(party)
+        if len(own) == 0:
+            raise PrivlabError(
+                f"method {self.method} needs the attacker's own data, and party {party} holds "
+                "none: use loss or calibrated"
+            )
+        rng = numpy_generator(self.seed, "attacker-population")
+        rows = np.sort(rng.choice(own, size=min(self.population, len(own)), replace=False))
+        return _Inputs.of(context, MembershipSample(-1, rows, np.zeros(len(rows), bool)))
+
+    def _signals(
+        self,
+        context: AttackContext,
+        group: list[ReceivedModel],
+        inputs: _Inputs,
+        population: _Inputs | None,
+    ) -> list[_Signal]:
+        """The per-sample scores (for ``trajectory``, losses) of one round's models from
+        one victim; the last row of every signal array is the attacker's own model."""
+        params = torch.stack([received.params for received in group] + [group[0].own])
+        loss, prob = inputs.signals(context, params, self.method == "rmia-offline")
+        z_loss, z_prob = (None, None)
+        if population is not None:
+            z_loss, z_prob = population.signals(context, params, self.method == "rmia-offline")
+        out = []
+        for i, received in enumerate(group):
+            delta = loss[i] - loss[-1]
+            signal = delta if self.completion == "mask-aware" else loss[i]
+            if self.method == "loss":
+                values = loss_scores(signal)
+            elif self.method == "calibrated":
+                values = -delta
+            elif self.method == "trajectory":
+                values = loss[i]
+            elif self.method == "population":
+                z_delta = z_loss[i] - z_loss[-1]
+                z_signal = z_delta if self.completion == "mask-aware" else z_loss[i]
+                values = population_scores(signal, z_signal)
+            else:
+                no_member = np.zeros((1, loss.shape[1]), dtype=bool)
+                values = rmia_scores(
+                    prob[i], prob[-1:], no_member, z_prob[i], z_prob[-1:], online=False,
+                    offline_a=self.offline_a,
+                )  # fmt: skip
+            out.append(_Signal(received, inputs.sample, np.asarray(values, dtype=np.float64)))
+        return out
+
+    # -- instances --------------------------------------------------------------------
+
+    def _instances(self, signals: list[_Signal]) -> list[_Instance]:
+        if self.method == "trajectory":
+            return [self._trajectory(group) for group in _by_victim(signals)]
+        if self.aggregate == "pooled":
+            return [_Instance.of_message(s) for s in signals]
+        if self.aggregate == "last":
+            last = {}
+            for s in signals:
+                last[s.received.victim] = max(last.get(s.received.victim, 0), s.received.round)
+            return [
+                _Instance.of_message(s)
+                for s in signals
+                if s.received.round == last[s.received.victim]
+            ]
+        reduce = np.mean if self.aggregate == "mean" else np.max
+        return [
+            _Instance.of_victim(group, reduce(np.stack([s.values for s in group]), axis=0))
+            for group in _by_victim(signals)
+        ]
+
+    def _trajectory(self, group: list[_Signal]) -> _Instance:
+        """Fit the trajectory classifier on part of one victim's samples, score the rest."""
+        rounds = groupby(
+            sorted(group, key=lambda s: s.received.round), key=lambda s: s.received.round
+        )
+        trajectories = np.stack(
+            [np.mean([s.values for s in signals], axis=0) for _, signals in rounds], axis=1
+        )
+        sample = group[0].sample
+        train = _split(sample.is_member, self.train_fraction, self.seed, sample.victim)
+        classifier = TrajectoryClassifier(seed=self.seed)
+        classifier.fit(trajectories[train], sample.is_member[train])
+        scores = classifier.scores(trajectories[~train])
+        return _Instance.of_victim(group, scores, keep=~train)
+
+    def _result(self, party: str, instances: list[_Instance]) -> DecentralizedMIAResult:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResolutionWarning)
+            evaluations = [
+                evaluate_membership(
+                    i.scores, i.is_member, fprs=self.fprs, confidence=self.confidence
+                )
+                for i in instances
+            ]
+        rows = [i.row() | _metrics(e) for i, e in zip(instances, evaluations)]
+        table = pd.DataFrame(rows)
+        for column in ("round", "message", "sender"):
+            table[column] = table[column].astype("Int64")
+        return DecentralizedMIAResult(
+            method=self.method,
+            attacker=self.attacker,
+            party=party,
+            aggregate=self.aggregate,
+            completion=self.completion,
+            instances=table,
+            evaluations=evaluations,
+            pooled=pooled(evaluations),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """A membership sample with its inputs and labels, gathered once."""
+
+    sample: MembershipSample
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def of(cls, context: AttackContext, sample: MembershipSample) -> _Inputs:
+        return cls(sample, *context.samples(sample.indices))
+
+    def signals(
+        self, context: AttackContext, params: torch.Tensor, probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Losses (and true-class probabilities) ``[m, N]`` of the models ``params[m, D]``."""
+        logits = model_logits(context.model, params, self.x)
+        loss = per_example_loss(logits, self.y).numpy()
+        prob = true_class_probability(logits, self.y).numpy() if probabilities else None
+        return loss, prob
+
+
+@dataclass(frozen=True, eq=False)
+class _Signal:
+    received: ReceivedModel
+    sample: MembershipSample
+    values: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Instance:
+    """Scores of one attack instance, and what identifies it in the instance table."""
+
+    party: str
+    victim: int
+    round: int | None
+    exchange: int
+    message: int | None
+    sender: int | None
+    coverage: float
+    scores: np.ndarray
+    is_member: np.ndarray
+
+    @classmethod
+    def of_message(cls, s: _Signal) -> _Instance:
+        r = s.received
+        return cls(
+            r.party, r.victim, r.round, r.exchange, r.message, r.sender, r.coverage,
+            s.values, s.sample.is_member,
+        )  # fmt: skip
+
+    @classmethod
+    def of_victim(
+        cls, group: list[_Signal], scores: np.ndarray, keep: np.ndarray | None = None
+    ) -> _Instance:
+        first = group[0].received
+        is_member = group[0].sample.is_member
+        return cls(
+            first.party, first.victim, None, first.exchange, None, None,
+            float(np.mean([s.received.coverage for s in group])),
+            scores, is_member if keep is None else is_member[keep],
+        )  # fmt: skip
+
+    def row(self) -> dict:
+        return {
+            "party": self.party,
+            "victim": self.victim,
+            "round": self.round,
+            "exchange": self.exchange,
+            "message": self.message,
+            "sender": self.sender,
+            "coverage": self.coverage,
+            "members": int(self.is_member.sum()),
+            "nonmembers": int((~self.is_member).sum()),
+        }
+
+
+def _by_victim(signals: list[_Signal]) -> list[list[_Signal]]:
+    groups: dict[int, list[_Signal]] = {}
+    for s in signals:
+        groups.setdefault(s.received.victim, []).append(s)
+    return [groups[v] for v in sorted(groups)]
+
+
+def _split(is_member: np.ndarray, fraction: float, seed: int, victim: int) -> np.ndarray:
+    """A random ``fraction`` of the members and of the non-members (a boolean mask)."""
+    rng = numpy_generator(seed, "trajectory-split", victim)
+    train = np.zeros(len(is_member), dtype=bool)
+    for side in (is_member, ~is_member):
+        rows = np.flatnonzero(side)
+        size = round(fraction * len(rows))
+        check(
+            2 <= size <= len(rows) - 2,
+            "samples_per_victim",
+            "large enough for 2 members and 2 non-members on each side of the split",
+            len(rows),
+        )
+        train[rng.choice(rows, size=size, replace=False)] = True
+    return train
+
+
+def _metrics(evaluation: MembershipEvaluation) -> dict:
+    out = {
+        "auc": evaluation.auc,
+        "auc_low": evaluation.auc_ci[0],
+        "auc_high": evaluation.auc_ci[1],
+        "balanced_accuracy": evaluation.balanced_accuracy,
+        "advantage": evaluation.advantage,
+    }
+    return out | {f"tpr@{key}": rate.tpr for key, rate in evaluation.tpr_at_fpr.items()}
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, eq=False)
+class DecentralizedMIAResult:
+    """What ``ReceivedModelMIA.run`` found.
+
+    ``instances``: one row per attack instance (party, victim, round, exchange, message,
+    sender pseudonym, coverage, class sizes, AUC with its DeLong interval, balanced
+    accuracy, advantage, ``tpr@<fpr>``), ``evaluations`` the matching
+    ``MembershipEvaluation`` (with the scores), ``pooled`` the evaluation of all
+    instances' scores concatenated (the ROC to read TPR at low FPR from).
+    """
+
+    method: str
+    attacker: str
+    party: str
+    aggregate: str
+    completion: str | None
+    instances: pd.DataFrame
+    evaluations: list[MembershipEvaluation] = field(repr=False)
+    pooled: MembershipEvaluation = field(repr=False)
+
+    def _metric_columns(self) -> list[str]:
+        return ["auc"] + [c for c in self.instances.columns if c.startswith("tpr@")]
+
+    def _spread(self, by: str) -> pd.DataFrame:
+        table = self.instances.dropna(subset=[by])
+        if table.empty:
+            raise PrivlabError(
+                f"per-{by} aggregation needs per-round instances: aggregate 'pooled' or 'last'"
+            )
+        stats = {"instances": ("auc", "size"), "auc_std": ("auc", "std")}
+        for column in self._metric_columns():
+            stats[f"{column}_mean"] = (column, "mean")
+            stats[f"{column}_max"] = (column, "max")
+        return table.groupby(by).agg(**stats).reset_index()
+
+    def per_victim(self) -> pd.DataFrame:
+        """Shatter's per-client view: AUC and TPRs, mean, max and AUC std over each
+        victim's instances."""
+        return self._spread("victim")
+
+    def per_round(self) -> pd.DataFrame:
+        """Shatter's per-iteration view: the same statistics over the victims of each round."""
+        return self._spread("round")
+
+    def mean_over_rounds(self) -> float:
+        """Zip-DL's figure: AUC averaged over victims at each round, then over rounds."""
+        return float(self.per_round()["auc_mean"].mean())
+
+    def summary(self) -> dict:
+        """JSON-able headline numbers."""
+        per_victim = self.per_victim()
+        out = {
+            "method": self.method,
+            "attacker": self.attacker,
+            "party": self.party,
+            "aggregate": self.aggregate,
+            "completion": self.completion,
+            "instances": len(self.instances),
+            "victims": int(self.instances["victim"].nunique()),
+            "pooled": self.pooled.summary(),
+            "auc_mean_over_victims": float(per_victim["auc_mean"].mean()),
+            "auc_max_over_victims": float(per_victim["auc_max"].max()),
+        }
+        if self.instances["round"].notna().any():
+            out["auc_mean_over_rounds"] = self.mean_over_rounds()
+        return out

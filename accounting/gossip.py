@@ -26,9 +26,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from privlab.errors import check, is_integer, is_real
+from privlab.intervals import clopper_pearson
 
 __all__ = [
     "EmpiricalDelta",
@@ -111,20 +111,6 @@ def push_first_spy_success(num_nodes: int, num_curious: int) -> float:
     q = m / (n - 1)
     check(0 < q < 1, "num_curious", "in [1, num_nodes - 2]", num_curious)
     return q * math.log(1 / q) / (1 - q)
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) two-sided confidence interval of a binomial proportion
-    with ``k`` successes out of ``n`` trials: the ``(1 - level) / 2`` and
-    ``(1 + level) / 2`` quantiles of Beta(k, n - k + 1) and Beta(k + 1, n - k), with 0
-    at k = 0 and 1 at k = n."""
-    check(is_integer(n) and n >= 1, "n", ">= 1 (an integer)", n)
-    check(is_integer(k) and 0 <= k <= n, "k", f"an integer in [0, n = {n}]", k)
-    check(is_real(level) and 0 < level < 1, "level", "in (0, 1)", level)
-    alpha = 1.0 - float(level)
-    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return low, high
 
 
 @dataclass(frozen=True)

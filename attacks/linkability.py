@@ -18,7 +18,6 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from privlab.attacks.run_data import (
     COMPLETIONS,
@@ -29,6 +28,7 @@ from privlab.attacks.run_data import (
 )
 from privlab.attacks.signals import model_logits, per_example_loss
 from privlab.errors import PrivlabError, check, is_integer, is_real
+from privlab.intervals import clopper_pearson
 from privlab.rng import numpy_generator
 
 
@@ -163,13 +163,10 @@ class Linkability:
     def _accuracy(self, table: pd.DataFrame, k: int, candidates: int) -> TopKAccuracy:
         trials = len(table)
         successes = int(table[f"top{k}"].sum())
-        interval = stats.binomtest(successes, trials).proportion_ci(
-            confidence_level=self.confidence, method="exact"
-        )
         return TopKAccuracy(
             k=k,
             accuracy=successes / trials,
-            ci=(float(interval.low), float(interval.high)),
+            ci=clopper_pearson(successes, trials, self.confidence),
             baseline=min(1.0, k / candidates),
             successes=successes,
             trials=trials,

@@ -25,6 +25,7 @@ from scipy import stats
 from sklearn.metrics import roc_curve
 
 from privlab.errors import PrivlabError, check, is_real
+from privlab.intervals import clopper_pearson_lower, clopper_pearson_upper
 
 __all__ = [
     "DEFAULT_FPRS",
@@ -302,11 +303,11 @@ def _tpr_interval(
     safe = _most_false_positives_within(fpr, nonmembers, tail)
     if safe >= 0:
         point = np.searchsorted(false_positives, safe, side="right") - 1
-        low = _clopper_pearson_lower(int(hits[point]), members, tail)
+        low = clopper_pearson_lower(int(hits[point]), members, tail)
     beyond = _fewest_false_positives_beyond(fpr, nonmembers, tail)
     if beyond <= nonmembers:
         point = np.searchsorted(false_positives, beyond, side="left")
-        high = _clopper_pearson_upper(int(hits[point]), members, tail)
+        high = clopper_pearson_upper(int(hits[point]), members, tail)
     return low, high
 
 
@@ -339,20 +340,6 @@ def _warn_unresolved(rates: Iterable[RateAtFPR], nonmembers: int) -> None:
                 ResolutionWarning,
                 stacklevel=3,
             )
-
-
-def _clopper_pearson_lower(successes: int, trials: int, tail: float) -> float:
-    """Clopper & Pearson (1934) one-sided lower bound at level ``1 - tail``."""
-    if successes == 0:
-        return 0.0
-    return float(stats.beta.ppf(tail, successes, trials - successes + 1))
-
-
-def _clopper_pearson_upper(successes: int, trials: int, tail: float) -> float:
-    """Clopper & Pearson (1934) one-sided upper bound at level ``1 - tail``."""
-    if successes == trials:
-        return 1.0
-    return float(stats.beta.ppf(1.0 - tail, successes + 1, trials - successes))
 
 
 def _delong_interval(

@@ -17,6 +17,7 @@ only, is the victim's round-1 batch drawn from the run's seed tree as the engine
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from tqdm.auto import tqdm
 
 from privlab.attacks.images import image_grid, psnr, ssim
 from privlab.attacks.inversion import (
@@ -34,7 +36,7 @@ from privlab.attacks.inversion import (
 )
 from privlab.attacks.report import AttackReport
 from privlab.attacks.run_data import NO_MODEL, AttackContext
-from privlab.errors import PrivlabError, check
+from privlab.errors import PrivlabError, check, is_integer
 from privlab.rng import NodeStreams
 from privlab.sampling import shuffle_batches
 
@@ -56,16 +58,21 @@ def invert_run(
     restarts: int = 1,
     tv: float = 1e-3,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, list[torch.Tensor], list[torch.Tensor]]:
     """Attack up to ``max_messages`` round-1 messages ``party`` received; returns the
     instances (victim, coordinates seen, labels used, PSNR, SSIM, ...), the ground-truth
     images and the reconstructions."""
+    for field, value in (("max_messages", max_messages), ("iterations", iterations)):
+        check(is_integer(value) and value >= 1, field, "an integer >= 1", value)
+    check(is_integer(restarts) and restarts >= 1, "restarts", "an integer >= 1", restarts)
     lr, weight_decay = _check_run(context)
     party = context.party(party)
     chosen = None if victims is None else {int(v) for v in victims}
     own = set(context.party_nodes(party))
     x0 = context.initial.double()
     rows, truths, images = [], [], []
+    bar = tqdm(total=max_messages, desc="messages", disable=not (progress and sys.stderr.isatty()))
     for observation in context.observations.iter_party(party):
         if observation.round != ROUND or observation.exchange != context.protocol.exchanges - 1:
             continue
@@ -83,12 +90,11 @@ def invert_run(
             if method == "analytic":
                 image, recovered = _analytic(context, gradient, coords)
             else:
-                image, recovered = (
-                    _optimise(context, gradient, coords, labels, iterations, restarts, tv, seed),
-                    1.0,
-                )
+                image = _optimise(context, gradient, coords, labels, iterations, restarts, tv, seed)
+                recovered = float("nan")  # every pixel is estimated; none is solved for
             truths.append(truth)
             images.append(image)
+            bar.update()
             rows.append(
                 {
                     "victim": victim,
@@ -104,6 +110,7 @@ def invert_run(
                     "gradient_residual": _residual(context, gradient, coords, truth, truth_labels),
                 }
             )
+    bar.close()
     if not rows:
         raise PrivlabError(f"party {party} received no round-1 message to invert")
     return pd.DataFrame(rows), truths, images
@@ -232,10 +239,12 @@ def inversion_report(
     method: str,
     options: Mapping[str, Any],
     threat_model: dict[str, Any],
+    *,
+    progress: bool = False,
     grid_columns: int = 8,
 ) -> AttackReport:
     """``invert_run`` as an ``AttackReport`` with a grid of truths over reconstructions."""
-    instances, truths, images = invert_run(context, method, **options)
+    instances, truths, images = invert_run(context, method, **options, progress=progress)
     finite = instances["psnr"].replace(np.inf, np.nan)
     summary = {
         "messages": len(instances),
@@ -243,10 +252,11 @@ def inversion_report(
         "psnr_median": float(instances["psnr"].median()),
         "ssim_mean": float(instances["ssim"].mean()),
         "coordinates_seen_mean": float(instances["coordinates_seen"].mean()),
-        "pixels_recovered_mean": float(instances["pixels_recovered"].mean()),
         "label_accuracy": float(instances["label_correct"].mean()),
         "round": ROUND,
     }
+    if method == "analytic":
+        summary["pixels_recovered_mean"] = float(instances["pixels_recovered"].mean())
     figure = _grid(truths[:grid_columns], images[:grid_columns])
     return AttackReport(
         "inversion", method, METHODS[method], threat_model, summary, instances, {"images": figure}

@@ -186,7 +186,9 @@ class InversionAttack(RunAttack):
         from privlab.attacks.run_inversion import inversion_report
 
         check(rounds in (None, [1]), "--rounds", "1 (inversion reads the first update)", rounds)
-        return inversion_report(_context(results), method, options, _threat_model(results))
+        return inversion_report(
+            _context(results), method, options, _threat_model(results), progress=progress
+        )
 
 
 @RUN_ATTACKS.register("source")

@@ -17,8 +17,8 @@ import networkx as nx
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from privlab.accounting.gossip import clopper_pearson
 from privlab.errors import check, is_real
+from privlab.intervals import clopper_pearson
 
 __all__ = [
     "evaluate_source",

@@ -40,7 +40,8 @@ def add_gossip_parser(sub) -> None:
 
 
 def run_gossip(args: argparse.Namespace) -> int:
-    from privlab.accounting.gossip import clopper_pearson, empirical_delta
+    from privlab.accounting.gossip import empirical_delta
+    from privlab.intervals import clopper_pearson
     from privlab.mechanisms.muted_gossip import first_spy_success, simulate
     from privlab.topology import build_topology
 

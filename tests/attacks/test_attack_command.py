@@ -141,3 +141,26 @@ def test_parse_rounds():
     assert parse_rounds(None) is None
     with pytest.raises(PrivlabError):
         parse_rounds("3-1")
+
+
+@pytest.mark.parametrize("method", ["first-spy", "jordan-center", "maximum-likelihood"])
+def test_source_of_a_muted_gossip_run(tmp_path, method):
+    gossip = {
+        "nodes": 12,
+        "rounds": 3,
+        "topology": {"name": "regular", "degree": 3},
+        "protocol": {"name": "muted-gossip", "source": 2, "mute": 0.5},
+        "observer": {"curious_nodes": [0, 5, 9]},
+    }
+    config = tmp_path / "gossip.yaml"
+    config.write_text(yaml.safe_dump(gossip))
+    run = tmp_path / "gossip"
+    assert main(["run", str(config), "--out", str(run), "--quiet"]) == 0
+    argv = ["attack", "source", str(run), "--method", method, "--quiet"]
+    assert main([*argv, "--option", "runs=20"] if method == "maximum-likelihood" else argv) == 0
+    report = json.loads((run / "attacks" / f"source-{method}" / "attack.json").read_text())
+    summary = report["summary"]
+    assert summary["source"] == 2 and summary["runs"] == 1
+    assert all(0 <= v < 12 for v in summary["predicted"])
+    assert summary["top1_accuracy"] in (0.0, 1.0)
+    assert report["attacker"] == ("oracle" if method == "jordan-center" else "peer")

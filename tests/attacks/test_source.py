@@ -11,7 +11,6 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from privlab.accounting.gossip import clopper_pearson
 from privlab.attacks.source import (
     SourceObservation,
     evaluate_source,
@@ -30,6 +29,7 @@ from privlab.attacks.source import (
 from privlab.config import parse_config
 from privlab.errors import PrivlabError
 from privlab.experiment import build, run
+from privlab.intervals import clopper_pearson
 from privlab.mechanisms.muted_gossip import first_spy_guess, simulate
 from privlab.results import load_run
 

@@ -19,6 +19,14 @@ import yaml
 from privlab.errors import PrivlabError, check
 
 ATTACK_NAMES = ("mia", "linkability", "inversion", "source")
+METHODS_HELP = """methods (attacker: peer = what a curious node holds, oracle = more):
+  mia          loss, population, calibrated, rmia-offline (peer); trajectory (oracle)
+  linkability  lowest-loss (oracle: every candidate's data)
+  inversion    analytic, cosine (peer; round 1, one local step, no gradient mechanism)
+  source       first-spy, maximum-likelihood (peer); rumor-centrality, jordan-center
+               (oracle: who knows the rumour at the end)
+options: privlab.attacks.runner.RUN_ATTACKS[ATTACK].options, e.g. --option party=node:0,
+  --option completion=own (Shatter chunks), --option samples_per_victim=200"""
 
 
 def add_attack_parser(sub) -> None:
@@ -27,6 +35,8 @@ def add_attack_parser(sub) -> None:
         help="attack a finished run: membership, linkability, inversion, source",
         description="Attack a run folder (it needs an observer section and its final "
         "models) and write attack.json, attack.csv and plots.",
+        epilog=METHODS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("attack", help=f"one of {', '.join(ATTACK_NAMES)}")
     parser.add_argument("run_dir", help="a run folder written by privlab run")

@@ -54,7 +54,8 @@ def shuffle_batches(
     k, m = padded.shape
     width = min(batch_size, m)
     keys = streams.uniform("batch", round, step, nodes.tolist(), m)
-    keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2.0  # padding sorts last
+    if int(own.min()) < m:  # padding sorts last
+        keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2.0
     # the width smallest keys in increasing order, ties to the lower position (what a
     # stable argsort gives), by a partial sort of exact integer keys
     ranked = (keys * 2.0**24).to(torch.int64) * m + torch.arange(m)

@@ -164,3 +164,18 @@ def test_source_of_a_muted_gossip_run(tmp_path, method):
     assert all(0 <= v < 12 for v in summary["predicted"])
     assert summary["top1_accuracy"] in (0.0, 1.0)
     assert report["attacker"] == ("oracle" if method == "jordan-center" else "peer")
+
+
+def test_help_lists_every_method_of_every_attack():
+    import re
+
+    from privlab.attack_command import METHODS_HELP
+    from privlab.attacks.runner import RUN_ATTACKS
+
+    methods_part = METHODS_HELP.split("\noptions:")[0]
+    sections = re.split(r"\n  (?=[a-z]+ )", methods_part)[1:]
+    listed = {text.split()[0]: text for text in sections}
+    assert set(listed) == set(RUN_ATTACKS)
+    for name, text in listed.items():
+        for method in RUN_ATTACKS[name].methods:
+            assert re.search(rf"(?<![a-z-]){re.escape(method)}(?![a-z-])", text), method

@@ -160,6 +160,12 @@ class ReceivedModelMIA:
                 self.completion,
             )
         check(
+            is_integer(self.samples_per_victim) and self.samples_per_victim >= 1,
+            "samples_per_victim",
+            "an integer >= 1",
+            self.samples_per_victim,
+        )
+        check(
             is_integer(self.population) and self.population >= 1,
             "population",
             ">= 1",

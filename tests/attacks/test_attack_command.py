@@ -91,6 +91,7 @@ def test_config_attacks_run_at_the_end(tmp_path, capsys):
         (["--rounds", "0-2"], "--rounds must be rounds >= 1"),
         (["--rounds", "a"], "--rounds must be rounds >= 1"),
         (["--option", "aggregate=median"], "aggregate must be one of pooled"),
+        (["--option", "samples_per_victim=0"], "samples_per_victim must be an integer >= 1"),
     ],
 )
 def test_bad_attack_input_is_one_line_and_exit_2(leaky, capsys, argv, message):

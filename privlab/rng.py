@@ -56,10 +56,12 @@ def _splitmix64_int(z: int) -> int:
 
 def _splitmix64_torch(z: torch.Tensor) -> torch.Tensor:
     """``_splitmix64_int`` on int64 tensors (two's complement wrap-around; logical shifts
-    are arithmetic shifts masked to the shifted width)."""
-    z = (z ^ ((z >> 30) & (2**34 - 1))) * _int64(_MIX[0])
-    z = (z ^ ((z >> 27) & (2**37 - 1))) * _int64(_MIX[1])
-    return z ^ ((z >> 31) & (2**33 - 1))
+    are arithmetic shifts masked to the shifted width). Works in place on a fresh copy."""
+    z = z.clone()
+    for shift, multiplier in ((30, _MIX[0]), (27, _MIX[1])):
+        z ^= (z >> shift).bitwise_and_(2 ** (64 - shift) - 1)
+        z *= _int64(multiplier)
+    return z.bitwise_xor_((z >> 31).bitwise_and_(2**33 - 1))
 
 
 def _occurrence(ids: torch.Tensor) -> torch.Tensor:
@@ -122,11 +124,17 @@ class NodeStreams:
         ``seed + j * gamma`` (the SplitMix64 generator itself, Steele et al. 2014), computed
         for all rows at once, four times faster than seeding a generator per node.
         """
+        return self.uniform_bits(purpose, round, step, nodes, size).to(torch.float32).mul_(2.0**-24)
+
+    def uniform_bits(
+        self, purpose: str, round: int, step: int, nodes: Sequence[int], size: int
+    ) -> torch.Tensor:
+        """The integers ``2^24 u`` in [0, 2^24) (int64) of ``uniform``'s numbers ``u``."""
         ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
         seeds = self._seeds(purpose, round, step, ids)
         counters = _occurrence(ids).unsqueeze(1) * size + torch.arange(1, size + 1)
-        bits = _splitmix64_torch(seeds.unsqueeze(1) + counters * _int64(_GOLDEN))
-        return ((bits >> 40) & (2**24 - 1)).to(torch.float32).mul_(2.0**-24)
+        bits = _splitmix64_torch(counters.mul_(_int64(_GOLDEN)).add_(seeds.unsqueeze(1)))
+        return (bits >> 40).bitwise_and_(2**24 - 1)
 
     def normal(
         self,

@@ -53,12 +53,12 @@ def shuffle_batches(
     padded, own = padded_indices[nodes], sizes[nodes]
     k, m = padded.shape
     width = min(batch_size, m)
-    keys = streams.uniform("batch", round, step, nodes.tolist(), m)
+    keys = streams.uniform_bits("batch", round, step, nodes.tolist(), m)  # 2^24 x uniform
     if int(own.min()) < m:  # padding sorts last
-        keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2.0
+        keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2**25
     # the width smallest keys in increasing order, ties to the lower position (what a
     # stable argsort gives), by a partial sort of exact integer keys
-    ranked = (keys * 2.0**24).to(torch.int64) * m + torch.arange(m)
+    ranked = keys.mul_(m).add_(torch.arange(m))
     positions = torch.topk(ranked, width, dim=1, largest=False, sorted=True).indices
     if int(own.min()) >= batch_size:
         return Batch(padded.gather(1, positions))

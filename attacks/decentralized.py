@@ -12,6 +12,10 @@ neighbour's model, per victim and per round, as the seed papers do:
   averaged over victims at each saved round, then over the saved rounds
   (``mean_over_rounds``); and the loss-trajectory classifier.
 
+The oracle reference-model attacks (LiRA, Carlini et al., S&P 2022; RMIA, Zarifzadeh et
+al., ICML 2024) bound what a received model leaks: the attacker trains models IN and OUT
+of the very samples it attacks, which no peer can.
+
 Pasquini, Raynal & Troncoso (S&P 2023) and El Mrini, Cyffers & Bellet (ICML 2024) show
 why the received model is the natural target: after "train, then average", a
 neighbour's message is its model right after its local steps on its own data.
@@ -23,8 +27,9 @@ sender) chooses the victim and scores the attack; it is never an input of a scor
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -42,6 +47,7 @@ from privlab.attacks.metrics import (
 from privlab.attacks.mia import (
     ATTACKER,
     TrajectoryClassifier,
+    lira_scores,
     loss_scores,
     population_scores,
     rmia_scores,
@@ -54,9 +60,15 @@ from privlab.attacks.run_data import (
     membership_samples,
     received_models,
 )
-from privlab.attacks.signals import model_logits, per_example_loss, true_class_probability
+from privlab.attacks.shadow import ReferenceModels, train_reference_models
+from privlab.attacks.signals import (
+    model_logits,
+    per_example_loss,
+    scaled_logit,
+    true_class_probability,
+)
 from privlab.errors import PrivlabError, check, is_integer, is_real
-from privlab.rng import numpy_generator
+from privlab.rng import derive_seed, numpy_generator
 
 __all__ = [
     "AGGREGATES",
@@ -75,10 +87,14 @@ METHODS: dict[str, str] = {
     "calibrated": "peer",
     "rmia-offline": ATTACKER["rmia-offline"],
     "trajectory": ATTACKER["trajectory"],
+    "lira-online": "oracle",
+    "lira-offline": "oracle",
+    "rmia-online": "oracle",
 }
 """Who can run each method: "peer" (a curious node) or "oracle" (needs membership labels)."""
 AGGREGATES = ("pooled", "last", "mean", "max")
 NEEDS_OWN_DATA = ("population", "rmia-offline")
+REFERENCE_METHODS = ("lira-online", "lira-offline", "rmia-online")
 
 
 # ------------------------------------------------------------------------------- attack
@@ -107,13 +123,34 @@ class ReceivedModelMIA:
       ``train_fraction`` of its members and non-members with their membership labels and
       scored on the rest, both halves drawn per class of membership. Oracle: the attacker
       is assumed to know the membership of part of the victim's data, as in Zip-DL.
+    * ``lira-online`` / ``lira-offline`` (LiRA, Carlini, Chien, Nasr, Song, Terzis &
+      Tramèr, S&P 2022, Algorithm 1, ``mia.lira_scores``): the received model's
+      ``scaled_logit`` against Gaussians fitted to the reference models' (IN and OUT;
+      offline: OUT only), ``variance="auto"`` (one global scale per side under 32
+      references per side). Oracle, offline included: the references are trained on the
+      victim's attacked samples (each OUT model of x still trains on half of the others).
+    * ``rmia-online`` (RMIA, Zarifzadeh, Liu & Shokri, ICML 2024, online,
+      ``mia.rmia_scores``, gamma 1): the received model's ``true_class_probability``
+      against the references', with the population Z a random sample of ``population``
+      examples of the run's test split (disjoint from every training set) that the
+      references also train on (each z IN for half of them). Oracle.
+
+    **Reference models** of those three (``train_references``): per victim, once,
+    ``reference_models`` models of the run's architecture (independent initialisations)
+    on random halves of the pool (the victim's attacked samples, plus Z for RMIA; every
+    example IN for exactly half of them: ``shadow.train_reference_models``), reused for
+    every round's received model. Training is the run's local SGD (``training.lr``,
+    ``momentum``, ``batch_size``; no weight decay, no DP noise) for ``reference_epochs``
+    epochs; None (a decision: as many steps as the victim took) picks the fewest epochs
+    that reach ``final_round x local_steps`` steps, the victim's local steps over the
+    whole run, since the references serve every round.
 
     ``completion`` (see ``received_models``) completes chunks; with ``mask-aware`` the
     loss signal of ``loss``, ``population`` and ``calibrated`` becomes the change
     ``loss(completed) - loss(own)``, whose coordinates outside the chunk cancel, so only
     the chunk's coordinates count (``calibrated`` is then unchanged; ``rmia-offline``
-    already divides by the own model and equals ``own``; ``trajectory`` needs plain
-    losses and refuses it).
+    already divides by the own model and equals ``own``; ``trajectory`` and the
+    reference-model methods score the whole completed model and refuse it).
 
     ``aggregate`` makes attack instances from the per-message scores: ``pooled`` one
     instance per received message (per victim and round; per chunk for Shatter);
@@ -134,6 +171,8 @@ class ReceivedModelMIA:
     population: int = 200
     train_fraction: float = 0.5
     offline_a: float = 0.3
+    reference_models: int = 16
+    reference_epochs: int | None = None
     fprs: tuple[float, ...] = DEFAULT_FPRS
     confidence: float = 0.95
     seed: int = 0
@@ -159,6 +198,28 @@ class ReceivedModelMIA:
                 "'own' or 'zeros' for method 'trajectory' (it classifies plain losses)",
                 self.completion,
             )
+        if self.method in REFERENCE_METHODS:
+            check(
+                self.completion != "mask-aware",
+                "completion",
+                f"'own' or 'zeros' for method {self.method!r} (it scores whole models)",
+                self.completion,
+            )
+        check(
+            is_integer(self.reference_models)
+            and self.reference_models >= 2
+            and self.reference_models % 2 == 0,
+            "reference_models",
+            "an even integer >= 2",
+            self.reference_models,
+        )
+        check(
+            self.reference_epochs is None
+            or (is_integer(self.reference_epochs) and self.reference_epochs >= 1),
+            "reference_epochs",
+            "None or an integer >= 1",
+            self.reference_epochs,
+        )
         check(
             is_integer(self.samples_per_victim) and self.samples_per_victim >= 1,
             "samples_per_victim",
@@ -199,6 +260,7 @@ class ReceivedModelMIA:
         population = self._population(context, party)
         chosen = None if victims is None else {int(v) for v in victims}
         samples: dict[int, _Inputs] = {}
+        references: dict[int, _References | None] = {}
         signals: list[_Signal] = []
         models = received_models(
             context, party, rounds, exchange=self.exchange, completion=self.completion
@@ -211,7 +273,10 @@ class ReceivedModelMIA:
             for victim, group in by_victim.items():
                 if victim not in samples:
                     samples[victim] = _Inputs.of(context, self._sample(context, victim))
-                signals.extend(self._signals(context, group, samples[victim], population))
+                    references[victim] = self._references(context, victim, samples[victim])
+                signals.extend(
+                    self._signals(context, group, samples[victim], population, references[victim])
+                )
         if not signals:
             raise PrivlabError(
                 f"party {party} received no model to attack in the chosen rounds and victims"
@@ -230,7 +295,10 @@ class ReceivedModelMIA:
         )
 
     def _population(self, context: AttackContext, party: str) -> _Inputs | None:
-        """The attacker's population Z: a sample of its own training data."""
+        """The population Z: a sample of the attacker's own training data
+        (``NEEDS_OWN_DATA``), of the run's test split (``rmia-online``), else None."""
+        if self.method == "rmia-online":
+            return _Inputs.of(context, self._test_population(context))
         if self.method not in NEEDS_OWN_DATA:
             return None
         own = context.own_indices(party)
@@ -243,15 +311,108 @@ class ReceivedModelMIA:
         rows = np.sort(rng.choice(own, size=min(self.population, len(own)), replace=False))
         return _Inputs.of(context, MembershipSample(-1, rows, np.zeros(len(rows), bool)))
 
+    def _test_population(self, context: AttackContext) -> MembershipSample:
+        test = context.data.test_indices
+        check(
+            len(test) > 0,
+            "data.test_fraction",
+            f"> 0 (method {self.method} draws its population from the test split)",
+            0,
+        )
+        rng = numpy_generator(self.seed, "test-population")
+        rows = np.sort(rng.choice(test, size=min(self.population, len(test)), replace=False))
+        return MembershipSample(-1, rows, np.zeros(len(rows), bool))
+
+    def train_references(self, context: AttackContext, victim: int) -> ReferenceModels:
+        """The reference models ``run`` trains for ``victim`` (see the class docstring):
+        its pool is the victim's attacked samples, then (``rmia-online``) the population
+        Z; seed: stream ("reference-models", victim) of ``seed``."""
+        check(
+            self.method in REFERENCE_METHODS,
+            "method",
+            f"one of {', '.join(REFERENCE_METHODS)} to train reference models",
+            self.method,
+        )
+        pool = self._sample(context, victim).indices
+        if self.method == "rmia-online":
+            pool = np.concatenate([pool, self._test_population(context).indices])
+        training = context.config.training
+        return train_reference_models(
+            context.model,
+            context.data.dataset,
+            pool,
+            num_models=self.reference_models,
+            epochs=self._reference_epochs(context, len(pool)),
+            batch_size=training.batch_size,
+            lr=training.lr,
+            momentum=training.momentum,
+            seed=derive_seed(self.seed, "reference-models", victim),
+        )
+
+    def _references(
+        self, context: AttackContext, victim: int, inputs: _Inputs
+    ) -> _References | None:
+        """The victim's reference models with their signals (reference methods only)."""
+        if self.method not in REFERENCE_METHODS:
+            return None
+        trained = self.train_references(context, victim)
+        return _References.of(context, trained, self._output, len(inputs.sample.indices))
+
+    def _reference_epochs(self, context: AttackContext, pool_size: int) -> int:
+        """``reference_epochs``, or the fewest epochs of ``train_reference_models`` (of
+        ``ceil(ceil(P / 2) / batch_size)`` steps) reaching the victim's local steps."""
+        if self.reference_epochs is not None:
+            return self.reference_epochs
+        training = context.config.training
+        per_epoch = math.ceil(math.ceil(pool_size / 2) / training.batch_size)
+        return max(1, math.ceil(context.final_round * training.local_steps / per_epoch))
+
+    @property
+    def _output(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The signal a reference-model method scores: LiRA's scaled logit, RMIA's
+        true-class probability."""
+        return true_class_probability if self.method == "rmia-online" else scaled_logit
+
+    def _reference_signals(
+        self,
+        context: AttackContext,
+        group: list[ReceivedModel],
+        inputs: _Inputs,
+        population: _Inputs | None,
+        references: _References,
+    ) -> list[_Signal]:
+        """LiRA or RMIA scores of one round's models from one victim."""
+        params = torch.stack([received.params for received in group])
+        target = inputs.output(context, params, self._output)
+        if population is not None:
+            on_population = population.output(context, params, self._output)
+        out = []
+        for i, received in enumerate(group):
+            if self.method == "rmia-online":
+                values = rmia_scores(
+                    target[i], references.on_samples, references.keep, on_population[i],
+                    references.on_population, online=True,
+                )  # fmt: skip
+            else:
+                values = lira_scores(
+                    target[i], references.on_samples, references.keep,
+                    online=self.method == "lira-online", variance="auto",
+                )  # fmt: skip
+            out.append(_Signal(received, inputs.sample, np.asarray(values, dtype=np.float64)))
+        return out
+
     def _signals(
         self,
         context: AttackContext,
         group: list[ReceivedModel],
         inputs: _Inputs,
         population: _Inputs | None,
+        references: _References | None,
     ) -> list[_Signal]:
         """The per-sample scores (for ``trajectory``, losses) of one round's models from
         one victim; the last row of every signal array is the attacker's own model."""
+        if references is not None:
+            return self._reference_signals(context, group, inputs, population, references)
         params = torch.stack([received.params for received in group] + [group[0].own])
         loss, prob = inputs.signals(context, params, self.method == "rmia-offline")
         z_loss, z_prob = (None, None)
@@ -354,6 +515,15 @@ class _Inputs:
     def of(cls, context: AttackContext, sample: MembershipSample) -> _Inputs:
         return cls(sample, *context.samples(sample.indices))
 
+    def output(
+        self,
+        context: AttackContext,
+        params: torch.Tensor,
+        signal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> np.ndarray:
+        """``signal`` (of logits and labels) of the models ``params[m, D]``, ``[m, N]``."""
+        return signal(model_logits(context.model, params, self.x), self.y).numpy()
+
     def signals(
         self, context: AttackContext, params: torch.Tensor, probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -362,6 +532,32 @@ class _Inputs:
         loss = per_example_loss(logits, self.y).numpy()
         prob = true_class_probability(logits, self.y).numpy() if probabilities else None
         return loss, prob
+
+
+@dataclass(frozen=True, eq=False)
+class _References:
+    """One victim's reference models as the scores need them: their signal on its
+    attacked samples ``on_samples[M, N]`` with ``keep[M, N]``, and on the population
+    ``on_population[M, Z]`` (the pool's last ``Z`` examples; None without one)."""
+
+    keep: np.ndarray
+    on_samples: np.ndarray
+    on_population: np.ndarray | None
+
+    @classmethod
+    def of(
+        cls,
+        context: AttackContext,
+        trained: ReferenceModels,
+        signal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        num_samples: int,
+    ) -> _References:
+        """``signal`` of ``trained`` on its pool, whose first ``num_samples`` examples
+        are the attacked samples."""
+        x, y = context.samples(trained.pool)
+        on_pool = signal(model_logits(context.model, trained.params, x), y).numpy()
+        on_population = on_pool[:, num_samples:] if num_samples < len(trained.pool) else None
+        return cls(trained.keep[:, :num_samples], on_pool[:, :num_samples], on_population)
 
 
 @dataclass(frozen=True, eq=False)

@@ -119,6 +119,8 @@ class MembershipAttack(RunAttack):
         "population",
         "train_fraction",
         "offline_a",
+        "reference_models",
+        "reference_epochs",
         "confidence",
         "seed",
     )

@@ -20,7 +20,8 @@ from privlab.errors import PrivlabError, check
 
 ATTACK_NAMES = ("mia", "linkability", "inversion", "source")
 METHODS_HELP = """methods (attacker: peer = what a curious node holds, oracle = more):
-  mia          loss, population, calibrated, rmia-offline (peer); trajectory (oracle)
+  mia          loss, population, calibrated, rmia-offline (peer); trajectory, lira-online,
+               lira-offline, rmia-online (oracle)
   linkability  lowest-loss (oracle: every candidate's data)
   inversion    analytic, cosine (peer; round 1, one local step, no gradient mechanism)
   source       first-spy, maximum-likelihood (peer); rumor-centrality, jordan-center

@@ -4,6 +4,8 @@ attacker's context rebuilt from a run (privlab.attacks.run_data), on short real 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import warnings
 
 import numpy as np
@@ -17,11 +19,20 @@ from privlab.attacks.decentralized import (
     received_models,
 )
 from privlab.attacks.metrics import ResolutionWarning, evaluate_membership
+from privlab.attacks.mia import lira_scores, rmia_scores
 from privlab.attacks.run_data import AttackContext
-from privlab.attacks.signals import model_logits, per_example_loss
+from privlab.attacks.shadow import train_reference_models
+from privlab.attacks.signals import (
+    model_logits,
+    per_example_loss,
+    scaled_logit,
+    true_class_probability,
+)
+from privlab.cli import main
 from privlab.config import parse_config
 from privlab.errors import PrivlabError
 from privlab.experiment import build, run
+from privlab.rng import derive_seed
 
 NODES, ROUNDS = 8, 4
 SMALL_NODES = {"test_fraction": 0.5, "nonmember_fraction": 0.4}  # about 23 samples a node
@@ -312,8 +323,98 @@ def test_eavesdropper_has_no_data_for_population_methods():
         ({"method": "trajectory", "aggregate": "mean"}, "aggregate must be 'pooled' for method"),
         ({"method": "trajectory", "completion": "mask-aware"}, "completion must be 'own' or"),
         ({"train_fraction": 1.0}, r"train_fraction must be in \(0, 1\)"),
+        ({"reference_models": 3}, "reference_models must be an even integer >= 2, got 3"),
+        ({"reference_models": 0}, "reference_models must be an even integer >= 2, got 0"),
+        ({"reference_epochs": 0}, "reference_epochs must be None or an integer >= 1"),
+        (
+            {"method": "rmia-online", "completion": "mask-aware"},
+            "completion must be 'own' or 'zeros' for method 'rmia-online'",
+        ),
     ],
 )
 def test_bad_options_refused(options, match):
     with pytest.raises(PrivlabError, match=match):
         ReceivedModelMIA(**options)
+
+
+# ------------------------------------------------------------- reference-model oracles
+
+
+@pytest.mark.parametrize(
+    ("method", "auc_low"), [("lira-online", 0.62), ("lira-offline", 0.55), ("rmia-online", 0.62)]
+)
+def test_reference_model_oracles_find_members(dpsgd, method, auc_low):
+    attack = ReceivedModelMIA(method=method, reference_models=8)
+    result = quiet(attack, dpsgd)
+    assert attack.attacker == METHODS[method] == "oracle" == result.attacker
+    assert len(result.instances) == 3 * ROUNDS
+    assert result.pooled.auc_ci[0] > auc_low and result.pooled.auc > 0.6
+
+
+def reference_targets(context, attack):
+    """The attack on round 2, the first instance's received model and its sample."""
+    result = quiet(attack, context, rounds=[2])
+    victim = int(result.instances.victim[0])
+    target = next(m for m in received_models(context, rounds=[2]) if m.victim == victim)
+    sample = membership_samples(context, victim, num=200, seed=0)
+    return result.evaluations[0].scores, target, sample
+
+
+def test_lira_scores_the_received_model_against_references_trained_as_stated(dpsgd):
+    attack = ReceivedModelMIA(method="lira-online", reference_models=8)
+    scores, target, sample = reference_targets(dpsgd, attack)
+    pool = len(sample.indices)
+    steps_per_epoch = math.ceil(math.ceil(pool / 2) / OVERFIT["batch_size"])
+    epochs = math.ceil(ROUNDS * OVERFIT["local_steps"] / steps_per_epoch)
+    references = train_reference_models(
+        dpsgd.model, dpsgd.data.dataset, sample.indices, num_models=8, epochs=epochs,
+        batch_size=8, lr=0.1, momentum=0.9, seed=derive_seed(0, "reference-models", target.victim),
+    )  # fmt: skip
+    torch.testing.assert_close(
+        references.params, attack.train_references(dpsgd, target.victim).params
+    )
+    x, y = dpsgd.samples(sample.indices)
+    phi = scaled_logit(model_logits(dpsgd.model, target.params[None], x), y)[0]
+    phi_references = scaled_logit(model_logits(dpsgd.model, references.params, x), y)
+    # 8 references, 4 IN and 4 OUT per example: "auto" is the global variance
+    direct = lira_scores(phi, phi_references, references.keep, online=True, variance="global")
+    np.testing.assert_allclose(scores, direct, rtol=1e-9)
+
+
+def test_rmia_online_population_is_a_test_sample_the_references_train_on(dpsgd):
+    attack = ReceivedModelMIA(method="rmia-online", reference_models=8, population=50)
+    scores, target, sample = reference_targets(dpsgd, attack)
+    references = attack.train_references(dpsgd, target.victim)
+    n = len(sample.indices)
+    np.testing.assert_array_equal(references.pool[:n], sample.indices)
+    population = references.pool[n:]
+    assert len(population) == 50 and set(population) <= set(dpsgd.data.test_indices)
+    x, y = dpsgd.samples(references.pool)
+    prob = true_class_probability(model_logits(dpsgd.model, target.params[None], x), y)[0]
+    reference_prob = true_class_probability(model_logits(dpsgd.model, references.params, x), y)
+    direct = rmia_scores(
+        prob[:n], reference_prob[:, :n], references.keep[:, :n], prob[n:], reference_prob[:, n:],
+        online=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(scores, direct)
+    assert len(np.unique(scores)) > 10
+
+
+def test_reference_models_score_completed_shatter_chunks(shatter):
+    attack = ReceivedModelMIA(method="lira-online", completion="own", reference_models=2)
+    result = quiet(attack, shatter, rounds=[2])
+    assert len(result.instances) == len(
+        list(received_models(shatter, rounds=[2], completion="own"))
+    )
+    assert np.isfinite(np.concatenate([e.scores for e in result.evaluations])).all()
+
+
+def test_lira_online_through_the_command_line(tmp_path):
+    folder = tmp_path / "run"
+    run(config(rounds=2), progress=False).save(folder)
+    argv = ["attack", "mia", str(folder), "--method", "lira-online"]
+    assert main([*argv, "--option", "reference_models=8", "--quiet"]) == 0
+    report = json.loads((folder / "attacks" / "mia-lira-online" / "attack.json").read_text())
+    assert report["method"] == "lira-online" and report["attacker"] == "oracle"
+    assert report["summary"]["auc"] > 0.6
+    assert main([*argv, "--option", "reference_models=3", "--quiet"]) == 2

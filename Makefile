@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check privlab attacks mechanisms accounting tests benchmarks
+	$(PY) -m ruff check privlab attacks mechanisms accounting tests benchmarks reproductions
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py --json benchmarks/results/engine.json
@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dpsgd.py --json benchmarks/results/dpsgd.json
 	$(PY) benchmarks/bench_streams.py --json benchmarks/results/streams.json
 	$(PY) benchmarks/bench_network.py --json benchmarks/results/network.json
+	$(PY) benchmarks/bench_structural.py --json benchmarks/results/structural.json
+	$(PY) benchmarks/bench_shadow.py --json benchmarks/results/shadow.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

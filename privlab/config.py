@@ -219,7 +219,8 @@ def default_name(config: ExperimentConfig) -> str:
     """A run name from what runs: protocol, topology and its degree or fanout."""
     options = config.topology.options
     size = options.get("degree", options.get("fanout", ""))
-    return f"{config.protocol.name}-{config.topology.name}{size}"
+    protocol = config.protocol.name.rpartition(":")[2]  # a user's class: its name only
+    return f"{protocol}-{config.topology.name}{size}"
 
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:

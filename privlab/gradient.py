@@ -57,4 +57,6 @@ class GradientMechanism(abc.ABC):
         return {"name": self.name}
 
 
-GRADIENT_MECHANISMS: Registry[type[GradientMechanism]] = Registry("gradient mechanism")
+GRADIENT_MECHANISMS: Registry[type[GradientMechanism]] = Registry(
+    "gradient mechanism", base=GradientMechanism
+)

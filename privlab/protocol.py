@@ -256,7 +256,7 @@ class Protocol(abc.ABC):
         return {"name": self.name}
 
 
-PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", base=Protocol)
 
 
 def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Small explicit name -> factory registries (datasets, models, topologies, protocols)."""
+"""Small explicit name -> factory registries (datasets, models, topologies, protocols);
+registries with a base class also load a user's class by location (``privlab.plugins``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from privlab.errors import PrivlabError, UnknownNameError
+from privlab.plugins import is_spec, load_component
 
 T = TypeVar("T")
 
@@ -14,8 +16,8 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to factories; an unknown name raises an error listing the valid ones."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, base: type | None = None):
+        self.kind, self.base = kind, base
         self._entries: dict[str, T] = {}
         self._renamed: dict[str, str] = {}
 
@@ -43,6 +45,10 @@ class Registry(Generic[T]):
         return add
 
     def __getitem__(self, name: str) -> T:
+        """The entry ``name``; with a ``base``, ``path/file.py:Class`` or
+        ``package.module:Class`` loads a user's class instead (``privlab.plugins``)."""
+        if self.base is not None and is_spec(name) and name not in self._entries:
+            return load_component(name, self.base, self.kind)
         try:
             return self._entries[name]
         except KeyError:

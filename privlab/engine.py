@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privlab.context import Emissions, RoundContext
+from privlab.contract import check_received, check_sent
 from privlab.errors import PrivlabError, check, is_integer
 from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
@@ -174,9 +175,11 @@ class Engine(abc.ABC):
         for exchange in range(self.protocol.exchanges):
             params = self.params
             messages = self.protocol.send(params, plan, round, exchange)
+            check_sent(self.protocol, messages, self.num_nodes, round, exchange)
             if self.observer is not None:
                 self.observer.record(round, exchange, messages)
             self._receive(params, messages, plan, round, exchange)
+            check_received(self.protocol, params, self.params, round, exchange)
             for kind, size in messages.bytes_by_sender(self.num_nodes).items():
                 sent[kind] = sent[kind] + size if kind in sent else size
         return RoundReport(round, sent, batch_loss, self.context.drain())

@@ -167,3 +167,46 @@ def test_the_readme_shows_this_protocol():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert ONE_PEER.strip() in readme
     assert len(ONE_PEER.strip().splitlines()) < 40
+
+
+BROKEN = """
+import torch
+from privlab.mechanisms.gossip import DecentralizedSGD
+
+
+class WrongShape(DecentralizedSGD):
+    def receive(self, state, messages, plan, round, exchange):
+        return state[:, :-1]
+
+
+class NonFinite(DecentralizedSGD):
+    def receive(self, state, messages, plan, round, exchange):
+        out = super().receive(state, messages, plan, round, exchange)
+        if round == 2:
+            out[0, 0] = float("nan")
+        return out
+
+
+class OutOfRange(DecentralizedSGD):
+    def send(self, state, plan, round, exchange):
+        messages = super().send(state, plan, round, exchange)
+        messages.dst = messages.dst + 100
+        return messages
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("WrongShape", "broke the contract in round 1, exchange 0: receive returned (6, "),
+        ("NonFinite", "broke the contract in round 2, exchange 0: receive returned non-finite"),
+        ("OutOfRange", "broke the contract in round 1, exchange 0: messages.dst names nodes"),
+    ],
+)
+def test_a_protocol_that_breaks_the_contract_is_named_with_its_round(
+    tmp_path, capsys, name, message
+):
+    spec = f"{write(tmp_path, 'broken_protocols.py', BROKEN)}:{name}"
+    assert run(tmp_path, protocol={"name": spec}) == 2
+    err = capsys.readouterr().err
+    assert f"protocol '{spec}' {message}" in err and err.count("\n") == 1

@@ -41,6 +41,10 @@ from privlab.rng import NodeStreams
 from privlab.sampling import shuffle_batches
 
 ROUND = 1
+FIRST_EXCHANGE = 0
+"""The exchange whose messages carry the victims' own trained models (plus whatever noise
+the protocol adds: Zip-DL, Muffliato's first gossip step); later exchanges of a round
+(Muffliato) carry averages, from which one receiver cannot isolate a single update."""
 METHODS = {"analytic": "peer", "cosine": "peer"}
 """``analytic``: exact inversion through the first fully connected layer with a bias
 (Phong et al. 2018), mask-aware. ``cosine``: Inverting Gradients (Geiping et al. 2020),
@@ -74,7 +78,7 @@ def invert_run(
     rows, truths, images = [], [], []
     bar = tqdm(total=max_messages, desc="messages", disable=not (progress and sys.stderr.isatty()))
     for observation in context.observations.iter_party(party):
-        if observation.round != ROUND or observation.exchange != context.protocol.exchanges - 1:
+        if observation.round != ROUND or observation.exchange != FIRST_EXCHANGE:
             continue
         for e in range(len(observation)):
             victim = int(observation.true_sender[e])

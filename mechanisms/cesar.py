@@ -303,14 +303,13 @@ class Cesar(Protocol):
     ) -> tuple[np.ndarray, torch.Tensor]:
         """``(total[n, D] uint64, weights[n, D] float64)``: each receiver's sum mod 2^64
         of the masked values per coordinate, and the sum of the senders' weights."""
-        valid = (messages.indices >= 0).numpy()
-        flat = (messages.dst.unsqueeze(1) * dim + messages.indices.clamp(min=0)).numpy()[valid]
+        valid, flat = messages.flat_positions(dim)
         total = np.zeros(num_nodes * dim, dtype=np.uint64)
-        np.add.at(total, flat, messages.payload.numpy().view(np.uint64)[valid])
+        np.add.at(total, flat.numpy(), messages.payload.numpy().view(np.uint64)[valid.numpy()])
         weight = edge_weight(plan, messages.src, messages.dst).to(torch.float64)
-        weight = weight.unsqueeze(1).expand_as(messages.indices)[torch.from_numpy(valid)]
+        weight = weight.unsqueeze(1).expand_as(messages.indices)[valid]
         weights = torch.zeros(num_nodes * dim, dtype=torch.float64)
-        weights.index_add_(0, torch.from_numpy(flat), weight)
+        weights.index_add_(0, flat, weight)
         return total.reshape(num_nodes, dim), weights.view(num_nodes, dim)
 
     def receive(

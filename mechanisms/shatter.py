@@ -213,8 +213,7 @@ class Shatter(Protocol):
         self, state: torch.Tensor, messages: Messages, plan: ShatterPlan, round: int, exchange: int
     ) -> torch.Tensor:
         n, dim = state.shape
-        valid = messages.indices >= 0
-        flat = (messages.dst.unsqueeze(1) * dim + messages.indices.clamp(min=0))[valid]
+        valid, flat = messages.flat_positions(dim)
         total = state.flatten().clone().index_add_(0, flat, messages.payload[valid])
         count = torch.ones(n * dim, dtype=state.dtype).index_add_(
             0, flat, torch.ones(len(flat), dtype=state.dtype)

@@ -139,8 +139,7 @@ class SparseDPSGD(Protocol):
         self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         n, dim = state.shape
-        valid = messages.indices >= 0
-        flat = (messages.dst.unsqueeze(1) * dim + messages.indices.clamp(min=0))[valid]
+        valid, flat = messages.flat_positions(dim)
         weight = edge_weight(plan, messages.src, messages.dst).to(torch.float64)
         weight = weight.unsqueeze(1).expand_as(messages.indices)[valid]
         values = messages.payload.to(torch.float64)[valid] * weight

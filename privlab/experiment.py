@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig
+from privlab.contract import all_finite
 from privlab.data import make_federated
 from privlab.engine import ENGINES, Engine
 from privlab.errors import PrivlabError, fields_named
@@ -258,7 +259,7 @@ def divergence_message(diverged: dict[str, int], config: ExperimentConfig) -> st
 
 def _non_finite_nodes(params: torch.Tensor) -> int:
     """How many rows of ``params`` hold a NaN or an infinity (one cheap sum when none)."""
-    if bool(torch.isfinite(params.sum())):
+    if all_finite(params):
         return 0
     return int((~torch.isfinite(params).all(dim=1)).sum())
 

@@ -141,6 +141,13 @@ class Messages:
             return torch.full((len(self),), self.width, dtype=torch.int64)
         return (self.indices >= 0).sum(dim=1)
 
+    def flat_positions(self, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(valid[E, k], flat[V])`` of messages with ``indices``: which entries are real
+        (not padding), and each real entry's position ``dst * dim + index`` in the
+        receivers' flattened ``[n, D]`` state, in row-major order of ``valid``."""
+        valid = self.indices >= 0
+        return valid, (self.dst.unsqueeze(1) * dim + self.indices.clamp(min=0))[valid]
+
     def bytes_per_message(self) -> dict[str, torch.Tensor]:
         """Bytes of each message ``[E]``, split into payload, indices and metadata."""
         entries = self.entries()

@@ -33,7 +33,7 @@ from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
 from privlab.ledger import PrivacyLedger
 from privlab.models import build_model
 from privlab.network_privacy import network_privacy
-from privlab.observe import Observer, threat_model_from
+from privlab.observe import Observer, ThreatModel, threat_model_from
 from privlab.partition import FederatedData
 from privlab.protocol import PROTOCOLS, Protocol
 from privlab.resources import check_fits, estimate
@@ -60,43 +60,43 @@ class Experiment:
     ledger: PrivacyLedger
 
 
-def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Experiment:
+def build(
+    config: ExperimentConfig,
+    *,
+    run_dir: str | Path | None = None,
+    data: FederatedData | None = None,
+    topology: Topology | None = None,
+    threat: ThreatModel | None = None,
+    wrap_gradient: Callable[[GradientMechanism | None], GradientMechanism | None] | None = None,
+) -> Experiment:
     """Assemble every part of ``config``; invalid names or options raise ``PrivlabError``.
 
     Before anything is loaded or allocated, the memory the run needs is estimated and a
     run that does not fit is refused (``privlab.resources``). With ``run_dir``, the
     observer streams what it records into ``run_dir/observations``.
+
+    An audit replaces parts: ``data`` and ``topology`` (built by the caller, e.g. with
+    canaries or several independent worlds side by side), ``threat`` (the observers)
+    and ``wrap_gradient`` (a wrapper around the configured gradient mechanism).
     """
     c = config
-    check_fits(estimate(c))
-    data_fields = {name: f"data.{name}" for name in DataConfig.model_fields}
-    data_fields |= {name: f"data.options.{name}" for name in c.data.options}
-    with fields_named(data_fields | {"num_nodes": "nodes", "seed": "seed"}):
-        data = make_federated(
-            c.data.dataset,
-            c.nodes,
-            c.data.partition,
-            root=c.data.root,
-            seed=c.seed,
-            dataset_options=c.data.options,
-            alpha=c.data.alpha,
-            shards_per_node=c.data.shards_per_node,
-            test_fraction=c.data.test_fraction,
-            nonmember_fraction=c.data.nonmember_fraction,
-        )
+    if data is None:
+        check_fits(estimate(c))
+        data = federated_data(c)
     with torch.random.fork_rng(devices=[]), fields_named(_paths("model", c.model)):
         torch.manual_seed(derive_seed(c.seed, "model"))
         model = build_model(
             c.model.name, data.dataset.input_shape, data.dataset.num_classes, **c.model.options
         )
-    with fields_named(_paths("topology", c.topology) | {"num_nodes": "nodes"}):
-        topology = build_topology(
-            c.topology.name,
-            c.nodes,
-            seed=derive_seed(c.seed, "topology"),
-            weights=c.topology.weights,
-            **c.topology.options,
-        )
+    if topology is None:
+        with fields_named(_paths("topology", c.topology) | {"num_nodes": "nodes"}):
+            topology = build_topology(
+                c.topology.name,
+                c.nodes,
+                seed=derive_seed(c.seed, "topology"),
+                weights=c.topology.weights,
+                **c.topology.options,
+            )
     with fields_named(_paths("protocol", c.protocol)):
         protocol = PROTOCOLS.with_options(c.protocol.name, c.protocol.options)(**c.protocol.options)
     gradient = None
@@ -104,17 +104,21 @@ def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Exp
         with fields_named(_paths("gradient", c.gradient)):
             factory = GRADIENT_MECHANISMS.with_options(c.gradient.name, c.gradient.options)
             gradient = factory(**c.gradient.options)
+    if wrap_gradient is not None:
+        gradient = wrap_gradient(gradient)
     training = LocalTraining(
         batch_size=c.training.batch_size,
         local_steps=c.training.local_steps,
         sgd=SGDConfig(c.training.lr, c.training.momentum, c.training.weight_decay),
     )
+    num_nodes = data.num_nodes
     observer = None
-    if c.observer is not None:
+    if threat is None and c.observer is not None:
         threat = threat_model_from(**c.observer.model_dump())
+    if threat is not None:
         _check_links_exist(threat.eavesdropped_links, topology)
         directory = None if run_dir is None else Path(run_dir) / OBSERVATIONS_DIR
-        observer = Observer(threat, c.nodes, ParamSpec.of(model).dim, directory=directory)
+        observer = Observer(threat, num_nodes, ParamSpec.of(model).dim, directory=directory)
     with fields_named(_paths("protocol", c.protocol) | _paths("gradient", c.gradient)):
         engine = ENGINES[c.engine](
             model,
@@ -128,8 +132,27 @@ def build(config: ExperimentConfig, *, run_dir: str | Path | None = None) -> Exp
             eval_nodes=c.evaluation.nodes,
             eval_test_samples=c.evaluation.test_samples,
         )
-    ledger = PrivacyLedger(c.nodes, c.privacy.accountant, c.privacy.delta)
+    ledger = PrivacyLedger(num_nodes, c.privacy.accountant, c.privacy.delta)
     return Experiment(c, data, model, topology, protocol, gradient, engine, observer, ledger)
+
+
+def federated_data(c: ExperimentConfig) -> FederatedData:
+    """The config's dataset split over its nodes."""
+    data_fields = {name: f"data.{name}" for name in DataConfig.model_fields}
+    data_fields |= {name: f"data.options.{name}" for name in c.data.options}
+    with fields_named(data_fields | {"num_nodes": "nodes", "seed": "seed"}):
+        return make_federated(
+            c.data.dataset,
+            c.nodes,
+            c.data.partition,
+            root=c.data.root,
+            seed=c.seed,
+            dataset_options=c.data.options,
+            alpha=c.data.alpha,
+            shards_per_node=c.data.shards_per_node,
+            test_fraction=c.data.test_fraction,
+            nonmember_fraction=c.data.nonmember_fraction,
+        )
 
 
 def _paths(section: str, component: BaseModel | None) -> dict[str, str]:

@@ -37,7 +37,9 @@ __all__ = [
     "eps_one_run",
     "gdp_mu",
     "gdp_mu_lower_bound",
+    "one_run_guesses",
     "one_run_p_value",
+    "one_run_thresholds",
     "rates_at",
     "split_holdout",
     "threshold_on_holdout",
@@ -425,3 +427,67 @@ def eps_one_run(
         if upper > _EPS_CEILING:
             return math.inf
     return float(optimize.brentq(excess, 0.0, upper, xtol=1e-10))
+
+
+# --------------------------------------------------------------------------- one-run guesses
+
+
+def one_run_thresholds(
+    scores: np.ndarray, labels: np.ndarray, delta: float, confidence: float
+) -> tuple[float, float, float]:
+    """``(t_plus, t_minus, bound)``: guess IN at scores >= t_plus and OUT at <= t_minus,
+    the pair whose one-run bound on these (held-out) canaries is largest.
+
+    Every pair of guess counts (k+, k-) of Steinke et al. (2023, Sec. 6) is tried, as
+    Privacy Meter tries a grid of them, but on held-out canaries only: the thresholds
+    then go unchanged to the evaluation canaries (:func:`one_run_guesses`), so the
+    evaluation bound pays for no search. For each number of guesses only the pair with
+    the most correct guesses can be best; the bound is computed on a grid of numbers
+    and at every number near the grid's best.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    ranked, hits = np.asarray(scores, dtype=float)[order], np.asarray(labels, dtype=bool)[order]
+    m = len(ranked)
+    top_in = np.concatenate([[0], np.cumsum(hits)])  # IN among the k highest
+    bottom_out = np.concatenate([[0], np.cumsum(~hits[::-1])])  # OUT among the k lowest
+    best_correct = np.full(m + 1, -1)
+    best_plus = np.zeros(m + 1, dtype=int)
+    for plus in range(m + 1):
+        minus = np.arange(m - plus + 1)
+        correct = top_in[plus] + bottom_out[minus]
+        better = correct > best_correct[plus + minus]
+        best_correct[plus + minus[better]] = correct[better]
+        best_plus[plus + minus[better]] = plus
+
+    def bound(guesses: int) -> float:
+        correct = int(best_correct[guesses])
+        return eps_one_run(m, guesses, correct, delta=delta, confidence=confidence)
+
+    # the bound is smooth in the number of guesses: a coarse grid, then every count
+    # around the best of it
+    coarse = np.unique(np.r_[np.geomspace(1, m, 40).round(), np.linspace(1, m, 20).round()])
+    values = {int(g): bound(int(g)) for g in coarse}
+    top = max(values, key=values.get)
+    for g in range(max(1, int(top / 1.3)), min(m, int(top * 1.3) + 1) + 1):
+        values.setdefault(g, bound(g))
+    guesses = max(values, key=lambda g: (values[g], -g))
+    if values[guesses] <= 0.0:
+        return math.inf, -math.inf, 0.0
+    plus = int(best_plus[guesses])
+    minus = guesses - plus
+    t_plus = float(ranked[plus - 1]) if plus else math.inf
+    t_minus = float(ranked[m - minus]) if minus else -math.inf
+    return t_plus, t_minus, values[guesses]
+
+
+def one_run_guesses(
+    scores: np.ndarray, labels: np.ndarray, t_plus: float, t_minus: float
+) -> tuple[int, int]:
+    """``(guesses, correct)`` of fixed thresholds: IN at ``scores >= t_plus``, else OUT
+    at ``scores <= t_minus``, else abstain."""
+    inside = scores >= t_plus
+    outside = (scores <= t_minus) & ~inside
+    labels = labels.astype(bool)
+    return int(inside.sum() + outside.sum()), int(
+        (inside & labels).sum() + (outside & ~labels).sum()
+    )

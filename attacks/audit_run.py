@@ -343,52 +343,6 @@ def _seen(trained: _Trained) -> bool:
 # ------------------------------------------------------------------------------- bounds
 
 
-def _guess_counts(size: int) -> list[int]:
-    """Candidate numbers of guesses on one side: 0 and a geometric grid up to ``size``."""
-    if size < 1:
-        return [0]
-    grid = np.unique(np.round(np.geomspace(1, size, num=min(size, 16))).astype(int))
-    return [0, *grid.tolist()]
-
-
-def one_run_thresholds(
-    scores: np.ndarray, labels: np.ndarray, delta: float, confidence: float
-) -> tuple[float, float, float]:
-    """``(t_plus, t_minus, bound)``: guess IN at scores >= t_plus and OUT at <= t_minus,
-    the pair whose one-run bound on these (held-out) canaries is largest."""
-    order = np.argsort(-scores, kind="stable")
-    ranked, hits = scores[order], labels[order].astype(bool)
-    m = len(scores)
-    best = (math.inf, -math.inf, 0.0)
-    for plus in _guess_counts(m):
-        for minus in _guess_counts(m - plus):
-            if plus + minus == 0:
-                continue
-            correct = (
-                int(hits[:plus].sum()) + int((~hits[m - minus :]).sum())
-                if minus
-                else int(hits[:plus].sum())
-            )
-            bound = bounds.eps_one_run(m, plus + minus, correct, delta=delta, confidence=confidence)
-            if bound > best[2]:
-                t_plus = ranked[plus - 1] if plus else math.inf
-                t_minus = ranked[m - minus] if minus else -math.inf
-                best = (float(t_plus), float(t_minus), bound)
-    return best
-
-
-def one_run_evaluation(
-    scores: np.ndarray, labels: np.ndarray, t_plus: float, t_minus: float
-) -> tuple[int, int]:
-    """``(guesses, correct)`` of the fixed thresholds on the evaluation canaries."""
-    inside = scores >= t_plus
-    outside = (scores <= t_minus) & ~inside
-    labels = labels.astype(bool)
-    return int(inside.sum() + outside.sum()), int(
-        (inside & labels).sum() + (outside & ~labels).sum()
-    )
-
-
 def _claim(
     trained: _Trained,
     settings: AuditSettings,
@@ -476,13 +430,13 @@ def run_audit(
     candidates = {stat: _scores(trained, planted, stat) for stat in statistics}
     if s.method == "one-run":
         picked = {
-            stat: one_run_thresholds(sc[0, holdout], labels[0, holdout], delta, s.confidence)
+            stat: bounds.one_run_thresholds(sc[0, holdout], labels[0, holdout], delta, s.confidence)
             for stat, sc in candidates.items()
         }
         statistic = max(statistics, key=lambda stat: picked[stat][2])
         t_plus, t_minus, _ = picked[statistic]
         scores = candidates[statistic][0, evaluation]
-        guesses, correct = one_run_evaluation(scores, labels[0, evaluation], t_plus, t_minus)
+        guesses, correct = bounds.one_run_guesses(scores, labels[0, evaluation], t_plus, t_minus)
         m = len(evaluation)
         bound = bounds.eps_one_run(m, guesses, correct, delta=delta, confidence=s.confidence)
         ceiling = bounds.eps_one_run(m, m, m, delta=delta, confidence=s.confidence)

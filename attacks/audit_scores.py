@@ -63,7 +63,8 @@ def target_views(log: ObservationLog, targets: list[int]) -> list[TargetView]:
     inbox: dict[int, dict[int, dict[int, torch.Tensor]]] = defaultdict(lambda: defaultdict(dict))
     eavesdropper = len(log.parties) - 1 if "eavesdropper" in log.parties else None
     for observation in log.observations:
-        if observation.exchange != 0 or observation.indices is not None:
+        whole = observation.payload.dim() == 2 and observation.payload.shape[1] == log.dim
+        if observation.exchange != 0 or observation.indices is not None or not whole:
             continue
         for row in range(len(observation)):
             party = int(observation.party[row])

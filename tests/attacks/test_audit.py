@@ -19,7 +19,9 @@ from privlab.attacks.audit import (
     eps_one_run,
     gdp_mu,
     gdp_mu_lower_bound,
+    one_run_guesses,
     one_run_p_value,
+    one_run_thresholds,
     rates_at,
     split_holdout,
     threshold_on_holdout,
@@ -235,3 +237,31 @@ def test_bad_inputs_name_the_argument(call, field):
     with pytest.raises(PrivlabError, match=rf"^{field} must be ") as error:
         call()
     assert "\n" not in str(error.value)
+
+
+def test_one_run_thresholds_on_separated_scores_guess_everything():
+    labels = np.arange(100) % 2 == 0
+    scores = np.where(labels, 1.0, -1.0) + np.linspace(0, 0.1, 100)
+    t_plus, t_minus, bound = one_run_thresholds(scores, labels, 1e-5, 0.95)
+    assert bound == pytest.approx(eps_one_run(100, 100, 100, delta=1e-5))
+    assert one_run_guesses(scores, labels, t_plus, t_minus) == (100, 100)
+
+
+def test_one_run_thresholds_transfer_and_abstain_in_between():
+    rng = np.random.default_rng(0)
+    labels = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + 3.0 * labels
+    t_plus, t_minus, _ = one_run_thresholds(scores[:200], labels[:200], 0.0, 0.95)
+    assert t_minus < t_plus
+    guesses, correct = one_run_guesses(scores[200:], labels[200:], t_plus, t_minus)
+    inside = (scores[200:] >= t_plus) | (scores[200:] <= t_minus)
+    assert guesses == int(inside.sum()) and 0.85 * guesses < correct <= guesses
+    # a threshold pair that guesses nothing gives no evidence
+    assert one_run_guesses(scores, labels, np.inf, -np.inf) == (0, 0)
+
+
+def test_one_run_thresholds_at_chance_find_no_bound():
+    rng = np.random.default_rng(1)
+    labels = rng.random(200) < 0.5
+    _, _, bound = one_run_thresholds(rng.normal(size=200), labels, 0.0, 0.95)
+    assert bound < 0.6

@@ -4,6 +4,7 @@ worlds of a multi-run audit side by side exactly as alone, and refuses bad input
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from privlab.attacks.audit_run import AuditSettings, run_audit
 from privlab.cli import main
 from privlab.config import parse_config
+from privlab.mechanisms.gossip import DecentralizedSGD
 
 BUGS = Path(__file__).resolve().parents[1] / "planted_bugs.py"
 BASE = {
@@ -136,3 +138,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arguments, field):
     assert code == 2
     assert len(err) == 1 and field in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def interrupt_at(monkeypatch, calls: int) -> None:
+    """Raise Ctrl-C in D-PSGD's ``send`` at its ``calls``-th call (mid-round)."""
+    original, count = DecentralizedSGD.send, [0]
+
+    def send(self, params, plan, round, exchange):
+        count[0] += 1
+        if count[0] == calls:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, params, plan, round, exchange)
+
+    monkeypatch.setattr(DecentralizedSGD, "send", send)
+
+
+def test_ctrl_c_audits_the_rounds_that_finished(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({**BASE, "gradient": DP_SGD}))
+    interrupt_at(monkeypatch, 3)
+    assert main(["audit", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert report["interrupted"] and report["worlds"]["rounds"] == 3
+    assert report["verdict"] == "consistent"
+
+
+def test_ctrl_c_keeps_the_worlds_that_finished(monkeypatch):
+    monkeypatch.setattr("privlab.attacks.audit_run._default_plan", lambda protocol: False)
+    interrupt_at(monkeypatch, BASE["rounds"] * 2 + 3)  # in the third world
+    result = audit(AuditSettings(method="multi-run", runs=4, canaries=40), gradient=DP_SGD)
+    assert not result.worlds["together"] and "one by one" in result.worlds["note"]
+    assert result.interrupted and result.worlds["trained"] == 2
+    assert result.worlds["rounds"] == BASE["rounds"]
+    assert result.counts["trials"] == 2 * 20

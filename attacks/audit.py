@@ -28,6 +28,7 @@ from privlab.intervals import clopper_pearson_upper
 __all__ = [
     "ThresholdAudit",
     "audit_with_holdout",
+    "best_guesses",
     "delta_from_gdp",
     "eps_from_gdp",
     "eps_from_rates",
@@ -432,19 +433,10 @@ def eps_one_run(
 # --------------------------------------------------------------------------- one-run guesses
 
 
-def one_run_thresholds(
-    scores: np.ndarray, labels: np.ndarray, delta: float, confidence: float
-) -> tuple[float, float, float]:
-    """``(t_plus, t_minus, bound)``: guess IN at scores >= t_plus and OUT at <= t_minus,
-    the pair whose one-run bound on these (held-out) canaries is largest.
-
-    Every pair of guess counts (k+, k-) of Steinke et al. (2023, Sec. 6) is tried, as
-    Privacy Meter tries a grid of them, but on held-out canaries only: the thresholds
-    then go unchanged to the evaluation canaries (:func:`one_run_guesses`), so the
-    evaluation bound pays for no search. For each number of guesses only the pair with
-    the most correct guesses can be best; the bound is computed on a grid of numbers
-    and at every number near the grid's best.
-    """
+def best_guesses(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ranked, correct, plus)``: the scores in decreasing order and, for every number
+    r = 0..m of guesses, the most correct guesses ``correct[r]`` that r guesses (the
+    ``plus[r]`` highest scores IN, the ``r - plus[r]`` lowest OUT) can make."""
     order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
     ranked, hits = np.asarray(scores, dtype=float)[order], np.asarray(labels, dtype=bool)[order]
     m = len(ranked)
@@ -458,6 +450,24 @@ def one_run_thresholds(
         better = correct > best_correct[plus + minus]
         best_correct[plus + minus[better]] = correct[better]
         best_plus[plus + minus[better]] = plus
+    return ranked, best_correct, best_plus
+
+
+def one_run_thresholds(
+    scores: np.ndarray, labels: np.ndarray, delta: float, confidence: float
+) -> tuple[float, float, float]:
+    """``(t_plus, t_minus, bound)``: guess IN at scores >= t_plus and OUT at <= t_minus,
+    the pair whose one-run bound on these (held-out) canaries is largest.
+
+    Every pair of guess counts (k+, k-) of Steinke et al. (2023, Sec. 6) is tried, as
+    Privacy Meter tries a grid of them, but on held-out canaries only: the thresholds
+    then go unchanged to the evaluation canaries (:func:`one_run_guesses`), so the
+    evaluation bound pays for no search. For each number of guesses only the pair with
+    the most correct guesses can be best; the bound is computed on a grid of numbers
+    and at every number near the grid's best.
+    """
+    ranked, best_correct, best_plus = best_guesses(scores, labels)
+    m = len(ranked)
 
     def bound(guesses: int) -> float:
         correct = int(best_correct[guesses])

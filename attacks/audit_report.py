@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from privlab.attacks.audit import eps_one_run  # noqa: E402
+from privlab.attacks.audit import best_guesses, eps_one_run  # noqa: E402
 from privlab.attacks.audit_run import AuditResult  # noqa: E402
 from privlab.jsonio import dumps  # noqa: E402
 
@@ -108,23 +108,23 @@ def _bound_plot(result: AuditResult, folder: Path) -> None:
 def _guesses_plot(
     result: AuditResult, scores: np.ndarray, labels: np.ndarray, folder: Path
 ) -> None:
-    order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(labels[order])
+    _, correct, _ = best_guesses(scores, labels)
     m = len(scores)
     ks = np.unique(np.round(np.geomspace(1, m, num=min(m, 24))).astype(int))
     epsilon = [
-        eps_one_run(m, int(k), int(hits[k - 1]), delta=result.delta, confidence=result.confidence)
+        eps_one_run(m, int(k), int(correct[k]), delta=result.delta, confidence=result.confidence)
         for k in ks
     ]
     fig, ax1 = plt.subplots(figsize=(5, 3.2))
-    ax1.plot(ks, epsilon, marker="o", label="epsilon lower bound")
+    ax1.plot(ks, epsilon, marker="o", color="tab:blue")
+    ax1.axhline(result.epsilon_lower_bound, color="tab:red", linestyle="--", linewidth=1)
     ax1.set_xscale("log")
-    ax1.set_xlabel("guesses (top-k scores guessed IN)")
-    ax1.set_ylabel("epsilon lower bound")
+    ax1.set_xlabel("guesses (best split of highest IN / lowest OUT)")
+    ax1.set_ylabel("epsilon lower bound", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(ks, hits[ks - 1] / ks, color="tab:orange", marker=".", label="guess accuracy")
-    ax2.set_ylabel("guess accuracy")
-    ax1.set_title("after the fact, on the evaluation canaries")
+    ax2.plot(ks, correct[ks] / ks, color="tab:orange", marker=".")
+    ax2.set_ylabel("guess accuracy", color="tab:orange")
+    ax1.set_title("after the fact, on the evaluation canaries\n(dashed: the audit's bound)")
     fig.tight_layout()
     fig.savefig(folder / FILES["guesses"], dpi=100)
     plt.close(fig)

@@ -15,7 +15,7 @@ from privlab.cli import main
 from privlab.config import parse_config
 from privlab.mechanisms.gossip import DecentralizedSGD
 
-BUGS = Path(__file__).resolve().parents[1] / "planted_bugs.py"
+BUGS = Path(__file__).resolve().parents[2] / "examples" / "planted_bugs.py"
 BASE = {
     "name": "audit-test",
     "nodes": 16,

@@ -1,5 +1,5 @@
-"""Two components with a planted privacy bug, for the audit's tests (loaded by path, as a
-user's would be): each claims a guarantee its code does not deliver."""
+"""Two components with a planted privacy bug, each claiming a guarantee its code does not
+deliver: `privlab audit` catches both (README "Auditing a protocol"; the audit tests)."""
 
 from __future__ import annotations
 

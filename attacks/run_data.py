@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import ExperimentConfig, parse_config
@@ -158,7 +158,7 @@ class AttackContext:
 
     def samples(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and labels of the dataset rows ``indices``."""
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        index = torch.from_numpy(np.array(indices, dtype=np.int64))  # a writable copy
         return self.data.dataset.X[index], self.data.dataset.y[index]
 
     def labels(self, indices: np.ndarray) -> np.ndarray:

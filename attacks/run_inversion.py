@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from privlab.attacks.images import image_grid, psnr, ssim
 from privlab.attacks.inversion import (
@@ -71,6 +71,14 @@ def invert_run(
         check(is_integer(value) and value >= 1, field, "an integer >= 1", value)
     check(is_integer(restarts) and restarts >= 1, "restarts", "an integer >= 1", restarts)
     lr, weight_decay = _check_run(context)
+    if method == "analytic":
+        batch = context.config.training.batch_size
+        check(
+            batch == 1,
+            "training.batch_size",
+            "1 for analytic inversion (it solves for one image; use cosine for batches)",
+            batch,
+        )
     party = context.party(party)
     chosen = None if victims is None else {int(v) for v in victims}
     own = set(context.party_nodes(party))

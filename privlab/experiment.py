@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 from pydantic import BaseModel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig

@@ -171,3 +171,14 @@ def test_ctrl_c_keeps_the_worlds_that_finished(monkeypatch):
     assert result.interrupted and result.worlds["trained"] == 2
     assert result.worlds["rounds"] == BASE["rounds"]
     assert result.counts["trials"] == 2 * 20
+
+
+@pytest.mark.parametrize("kind", ["dirac", "mislabelled"])
+def test_the_loop_engine_gives_the_same_scores(kind):
+    """The per-node reference engine plants, trains and scores the same canaries."""
+    settings = AuditSettings(kind=kind, canaries=30)
+    fast = audit(settings, gradient=DP_SGD, rounds=4)
+    slow = audit(settings, gradient=DP_SGD, rounds=4, engine="loop")
+    assert fast.statistic == slow.statistic
+    np.testing.assert_array_equal(fast.scores["labels"], slow.scores["labels"])
+    np.testing.assert_allclose(fast.scores["scores"], slow.scores["scores"], atol=1e-4)

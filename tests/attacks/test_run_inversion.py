@@ -85,3 +85,10 @@ def test_multi_exchange_protocols_are_inverted_on_their_first_exchange(tmp_path)
     report, instances = attack(run_folder(tmp_path, "muffliato", protocol=protocol), "analytic")
     # exchange 0 holds each victim's own model (noise ~1e-6): the first update is recovered
     assert (instances["psnr"] > 40).all()
+
+
+def test_analytic_inversion_of_a_batch_is_refused_naming_the_batch_size(tmp_path, capsys):
+    run = run_folder(tmp_path, "batch", training={**FIRST_STEP["training"], "batch_size": 4})
+    assert main(["attack", "inversion", str(run), "--method", "analytic", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.batch_size" in err[0] and "cosine" in err[0]

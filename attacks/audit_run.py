@@ -481,6 +481,11 @@ def run_audit(
             "positives": positives,
             "threshold": threshold,
         }
+        mu = bounds.gdp_mu_lower_bound(fp, negatives, fn, positives, confidence=s.confidence)
+        counts["gdp"] = {  # Nasr et al. 2023: the same counts read as Gaussian DP
+            "mu_lower_bound": mu,
+            "epsilon": bounds.eps_from_gdp(mu, delta) if mu > 0 else 0.0,
+        }
     claim, source = _claim(trained, s, threat, topology, delta)
     seen = _seen(trained)
     verdict, reason = _verdict(claim, bound, ceiling, seen, s.confidence)

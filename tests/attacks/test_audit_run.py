@@ -182,3 +182,13 @@ def test_the_loop_engine_gives_the_same_scores(kind):
     assert fast.statistic == slow.statistic
     np.testing.assert_array_equal(fast.scores["labels"], slow.scores["labels"])
     np.testing.assert_allclose(fast.scores["scores"], slow.scores["scores"], atol=1e-4)
+
+
+def test_multi_run_also_reads_its_counts_as_gaussian_dp():
+    settings = AuditSettings(method="multi-run", runs=4, canaries=100)
+    correct = audit(settings, gradient=DP_SGD)
+    buggy = audit(settings, gradient={**DP_SGD, "name": f"{BUGS}:UnclippedDPSGD"})
+    assert correct.counts["gdp"]["epsilon"] < correct.claimed_epsilon
+    assert buggy.counts["gdp"]["mu_lower_bound"] > 2.0
+    assert buggy.counts["gdp"]["epsilon"] > buggy.claimed_epsilon
+    json.dumps(correct.to_json())  # every field is plain JSON

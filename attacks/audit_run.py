@@ -70,6 +70,10 @@ from privlab.state import ParamSpec
 from privlab.topology import Topology
 
 METHODS = ("one-run", "multi-run")
+NETWORK_CLAIM = (
+    "network accounting of the observers against the target, per unit of sensitivity: "
+    "it holds when one record moves the target's model by at most 1"
+)
 DIRAC_CANARIES = 200
 INPUT_CANARIES = 100  # at most; fewer when the target holds fewer records
 
@@ -367,7 +371,7 @@ def _claim(
         mu = pairwise_network_mu(mechanism, W, threat.curious_nodes, steps, noise)
         if settings.target in mu:
             value = gdp_epsilon(math.sqrt(trained.rounds) * mu[settings.target]["mu"], delta)
-            return value, "network accounting (observers against the target)"
+            return value, NETWORK_CLAIM
     if settings.claimed_epsilon is not None:
         return float(settings.claimed_epsilon), "--claimed-epsilon"
     return None, "none"

@@ -25,6 +25,7 @@ prepare_environment()  # OMP_WAIT_POLICY must be set before anything loads torch
 from privlab.accounting.cli import add_budget_parser  # noqa: E402
 from privlab.attack_command import add_attack_parser  # noqa: E402
 from privlab.audit_command import add_audit_parser  # noqa: E402
+from privlab.compare_command import add_compare_parser  # noqa: E402
 from privlab.errors import PrivlabError, check  # noqa: E402
 from privlab.gossip_command import add_gossip_parser  # noqa: E402
 from privlab.results import (  # noqa: E402
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget_parser(sub)
     add_gossip_parser(sub)
     add_attack_parser(sub)
+    add_compare_parser(sub)
     add_audit_parser(sub)
     return parser
 

@@ -41,8 +41,8 @@ import torch
 from privlab.accounting.network import gdp_epsilon, pairwise_network_mu
 from privlab.attacks import audit as bounds
 from privlab.attacks.audit_scores import (
+    DIRAC_STATISTICS,
     INPUT_STATISTICS,
-    STATISTICS,
     dirac_scores,
     input_scores,
     target_views,
@@ -320,17 +320,22 @@ def _scores(trained: _Trained, planted: _Planted, statistic: str) -> np.ndarray:
             and _default_plan(experiment.protocol)
         )
         plans = {t: topology.plan(t) for t in range(trained.rounds + 1)} if isolable else None
-        use = "difference" if statistic == "isolated" and not isolable else statistic
         views = target_views(experiment.observer.log, targets)
         for view in views:
             if planted.coordinates is not None:
-                rows.append(dirac_scores(view, initial, planted.coordinates, use, plans))
+                rows.append(dirac_scores(view, initial, planted.coordinates, statistic, plans))
             else:
                 data = experiment.data.dataset
                 index = torch.from_numpy(planted.samples)
                 rows.append(
                     input_scores(
-                        view, initial, experiment.model, data.X[index], data.y[index], use, plans
+                        view,
+                        initial,
+                        experiment.model,
+                        data.X[index],
+                        data.y[index],
+                        statistic,
+                        plans,
                     )
                 )
     return np.stack(rows)
@@ -430,7 +435,7 @@ def run_audit(
     holdout, evaluation = bounds.split_holdout(
         s.canaries, s.holdout_fraction, derive_seed(config.seed, "audit-split")
     )
-    statistics = STATISTICS if s.kind == "dirac" else INPUT_STATISTICS
+    statistics = DIRAC_STATISTICS if s.kind == "dirac" else INPUT_STATISTICS
     candidates = {stat: _scores(trained, planted, stat) for stat in statistics}
     if s.method == "one-run":
         picked = {

@@ -14,7 +14,10 @@ audit tight):
   Raynal, Troncoso (S&P 2023); messages they do not know are replaced by ``m_{t-1}``.
   The ``difference`` statistic uses ``x_t = m_{t-1}`` alone and needs no weights.
 * Dirac canary on coordinate j: ``score = -sum_t u_t[j]`` (the canary gradient pushes the
-  coordinate down once per step it is sampled in);
+  coordinate down once per step it is sampled in), or, ``variation``,
+  ``sum_t |u_t[j] - u_{t-1}[j]|``: the canary is sampled in some rounds and not in
+  others, so its coordinate's update moves from round to round, while noise that does
+  not change between rounds (a stream keyed wrongly) cancels;
 * input canary (x, y): ``score = sum_t loss(x_t; x, y) - loss(m_t; x, y)``, how much the
   target's own training lowered the canary's loss; or, ``calibrated``, ``sum_t mean_u
   loss(m_u^t) - loss(m_t)``: the target's model against the observers' own models of the
@@ -39,6 +42,7 @@ from privlab.state import ParamSpec
 from privlab.training import stacked_gradient
 
 STATISTICS = ("isolated", "difference")
+DIRAC_STATISTICS = (*STATISTICS, "variation")
 INPUT_STATISTICS = (*STATISTICS, "calibrated")
 
 
@@ -129,13 +133,18 @@ def dirac_scores(
     statistic: str,
     plans: dict[int, CommPlan] | None,
 ) -> np.ndarray:
-    """``-sum_t u_t[j]`` for every canary coordinate j (zeros when nothing was seen)."""
-    starts, messages = updates(view, initial, statistic, plans)
+    """``-sum_t u_t[j]``, or its ``variation``, for every canary coordinate j (zeros when
+    nothing was seen). Without ``plans`` the start of a round is the previous message."""
+    start_rule = "difference" if statistic == "difference" or plans is None else "isolated"
+    starts, messages = updates(view, initial, start_rule, plans)
     index = torch.from_numpy(np.asarray(coordinates, dtype=np.int64))
-    total = torch.zeros(len(index), dtype=torch.float64)
-    for start, sent in zip(starts, messages, strict=True):
-        total -= sent[index] - start[index]
-    return total.numpy()
+    steps = [sent[index] - start[index] for start, sent in zip(starts, messages, strict=True)]
+    if not steps:
+        return np.zeros(len(index))
+    stacked = torch.stack(steps)
+    if statistic == "variation":
+        return stacked.diff(dim=0).abs().sum(dim=0).numpy()
+    return (-stacked.sum(dim=0)).numpy()
 
 
 @torch.no_grad()

@@ -499,7 +499,7 @@ class ReceivedModelMIA:
             completion=self.completion,
             instances=table,
             evaluations=evaluations,
-            pooled=pooled(evaluations),
+            pooled=pooled(evaluations, records=[i.records for i in instances]),
         )
 
 
@@ -580,25 +580,26 @@ class _Instance:
     coverage: float
     scores: np.ndarray
     is_member: np.ndarray
+    records: np.ndarray  # the dataset row of each score
 
     @classmethod
     def of_message(cls, s: _Signal) -> _Instance:
         r = s.received
         return cls(
             r.party, r.victim, r.round, r.exchange, r.message, r.sender, r.coverage,
-            s.values, s.sample.is_member,
+            s.values, s.sample.is_member, s.sample.indices,
         )  # fmt: skip
 
     @classmethod
     def of_victim(
         cls, group: list[_Signal], scores: np.ndarray, keep: np.ndarray | None = None
     ) -> _Instance:
-        first = group[0].received
-        is_member = group[0].sample.is_member
+        first, sample = group[0].received, group[0].sample
+        chosen = slice(None) if keep is None else keep
         return cls(
             first.party, first.victim, None, first.exchange, None, None,
             float(np.mean([s.received.coverage for s in group])),
-            scores, is_member if keep is None else is_member[keep],
+            scores, sample.is_member[chosen], sample.indices[chosen],
         )  # fmt: skip
 
     def row(self) -> dict:

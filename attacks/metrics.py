@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "MembershipEvaluation",
     "RateAtFPR",
     "ResolutionWarning",
+    "cluster_bootstrap_auc",
     "evaluate_membership",
     "fpr_key",
     "pooled",
@@ -202,11 +203,21 @@ def evaluate_membership(
     )
 
 
-def pooled(evaluations: Sequence[MembershipEvaluation], **kw: Any) -> MembershipEvaluation:
+def pooled(
+    evaluations: Sequence[MembershipEvaluation],
+    records: Sequence[np.ndarray] | None = None,
+    **kw: Any,
+) -> MembershipEvaluation:
     """One evaluation of the concatenated scores and labels of several attack instances
     (several target models or victims), as ML Privacy Meter's "average" ROC: it is how
     TPR at 0.1 % FPR gets the ``>= 10 000`` non-members it needs. The scores must be on a
     common scale (one attack, calibrated the same way on every instance).
+
+    ``records[i]`` names the record behind each score of instance i (e.g. its dataset
+    index). When one record is scored in several instances (the same victim's samples
+    attacked in every round), the scores are not independent and DeLong's interval is
+    too narrow; the AUC interval is then a percentile bootstrap over records (Field and
+    Welsh, 2007, the cluster bootstrap: each record's scores stay together).
 
     ``kw`` goes to ``evaluate_membership``; ``fprs`` and ``confidence`` default to those of
     the evaluations, which must then agree.
@@ -226,7 +237,55 @@ def pooled(evaluations: Sequence[MembershipEvaluation], **kw: Any) -> Membership
         kw["confidence"] = _agreed(evaluations, "confidence", lambda e: e.confidence)
     scores = np.concatenate([e.scores for e in evaluations])
     is_member = np.concatenate([e.is_member for e in evaluations])
-    return evaluate_membership(scores, is_member, **kw)
+    result = evaluate_membership(scores, is_member, **kw)
+    if records is None:
+        return result
+    check(
+        len(records) == len(evaluations)
+        and all(len(r) == e.scores.size for r, e in zip(records, evaluations, strict=False)),
+        "records",
+        "one record id per score of every evaluation",
+        [len(r) for r in records],
+    )
+    _, clusters = np.unique(np.concatenate([np.asarray(r) for r in records]), return_inverse=True)
+    if clusters.max() + 1 == clusters.size:  # every record scored once: DeLong holds
+        return result
+    interval = cluster_bootstrap_auc(scores, is_member, clusters, result.confidence)
+    return replace(result, auc_ci=interval)
+
+
+def cluster_bootstrap_auc(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    clusters: np.ndarray,
+    confidence: float,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of the AUC when whole clusters (records) are resampled with
+    replacement: each resample weighs every score by its cluster's multiplicity, and the
+    weighted Mann-Whitney AUC (ties one half) is computed on one sort of the scores."""
+    order = np.argsort(scores, kind="stable")
+    values, members, groups = scores[order], is_member[order], clusters[order]
+    _, level = np.unique(values, return_inverse=True)
+    count = int(groups.max()) + 1
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for start in range(0, resamples, 100):
+        size = min(100, resamples - start)
+        multiplicity = rng.multinomial(count, np.full(count, 1.0 / count), size=size)
+        weights = multiplicity[:, groups].astype(np.float64)  # [size, N]
+        negative = np.where(members, 0.0, weights)
+        per_level = np.zeros((size, int(level.max()) + 1))
+        np.add.at(per_level, (slice(None), level), negative)
+        below = np.cumsum(per_level, axis=1) - per_level
+        credit = below[:, level] + 0.5 * per_level[:, level]
+        positive = np.where(members, weights, 0.0)
+        total = positive.sum(axis=1) * negative.sum(axis=1)
+        aucs.append((positive * credit).sum(axis=1) / np.where(total > 0, total, np.nan))
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.nanpercentile(np.concatenate(aucs), [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _checked_inputs(scores: Any, is_member: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -131,7 +131,9 @@ def run_measures(summary: dict[str, Any]) -> dict[str, Any]:
 def measure(run_dir: str | Path, attack: AttackSpec, seed: int) -> dict[str, Any]:
     """The sweep's membership attack on the finished run in ``run_dir``: AUC with its
     interval and TPR at 1% FPR, pooled over every attack instance. The attack's
-    ``seed`` option (which members and non-members) defaults to the run's seed."""
+    ``seed`` option (which members and non-members) defaults to the run's seed, and its
+    ``exchange`` to 0, the first exchange of each round: the sender's own model (for
+    Muffliato, its freshly noised model, before any averaging hides it)."""
     from privlab.attacks.metrics import ResolutionWarning
     from privlab.attacks.run_data import NO_MODEL
     from privlab.attacks.runner import RUN_ATTACKS, default_out
@@ -147,6 +149,7 @@ def measure(run_dir: str | Path, attack: AttackSpec, seed: int) -> dict[str, Any
             target = RECEIVED
             if "completion" not in options and _sends_chunks(results):
                 options["completion"], target = "own", CHUNKS
+            options.setdefault("exchange", 0)
             runner = RUN_ATTACKS["mia"]()
             runner.check(attack.method, options)
             report = runner.run(results, attack.method, attack.rounds, options, False)

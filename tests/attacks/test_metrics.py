@@ -14,6 +14,7 @@ from privlab.attacks.metrics import (
     MembershipEvaluation,
     RateAtFPR,
     ResolutionWarning,
+    cluster_bootstrap_auc,
     evaluate_membership,
     fpr_key,
     pooled,
@@ -289,3 +290,31 @@ def evaluate_quietly_pooled(evaluations, **kw) -> MembershipEvaluation:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResolutionWarning)
         return pooled(evaluations, **kw)
+
+
+def test_cluster_bootstrap_matches_delong_on_independent_records():
+    rng = np.random.default_rng(3)
+    labels = np.arange(2000) % 2 == 0
+    scores = rng.normal(size=2000) + labels
+    delong = evaluate_membership(scores, labels).auc_ci
+    low, high = cluster_bootstrap_auc(scores, labels, np.arange(2000), 0.95)
+    assert low == pytest.approx(delong[0], abs=0.01) and high == pytest.approx(delong[1], abs=0.01)
+
+
+def test_pooled_widens_the_interval_when_records_repeat_across_instances():
+    """The same 200 records scored in 10 rounds are 200 observations, not 2000."""
+    rng = np.random.default_rng(4)
+    labels = np.arange(200) % 2 == 0
+    base = rng.normal(size=200) + 0.5 * labels
+    rounds = [evaluate_membership(base + 0.05 * rng.normal(size=200), labels) for _ in range(10)]
+    naive = pooled(rounds).auc_ci
+    clustered = pooled(rounds, records=[np.arange(200)] * 10)
+    assert clustered.auc == pytest.approx(pooled(rounds).auc)
+    one_round = rounds[0].auc_ci
+    assert (clustered.auc_ci[1] - clustered.auc_ci[0]) > 2.5 * (naive[1] - naive[0])
+    assert (clustered.auc_ci[1] - clustered.auc_ci[0]) == pytest.approx(
+        one_round[1] - one_round[0], rel=0.25
+    )
+    # distinct records in every instance: DeLong's interval stands
+    distinct = pooled(rounds, records=[np.arange(200) + 200 * k for k in range(10)])
+    assert distinct.auc_ci == naive

@@ -9,7 +9,8 @@ non-member scores) to resolve the TPR at 1% FPR; LOSS AUC under D-PSGD is then a
 (0.72 at 4 rounds).
 
 * Membership (``privlab attack mia``): the curious neighbour attacks every model it
-  receives (Muffliato, Zip-DL: the last exchange of each round; Shatter: chunks completed
+  receives (Muffliato: the first exchange of each round, the victim's freshly noised
+  model, and the last, after K - 1 averagings; Shatter: chunks completed
   with its own model, ``completion=own``), methods ``loss`` (Yeom et al., CSF 2018) and
   ``calibrated`` (Watson et al., ICLR 2022, with the attacker's own model as reference),
   AUC with its 95% interval and TPR at 1% FPR. DP-SGD rows report the per-node epsilon
@@ -63,17 +64,19 @@ def dp_sgd(noise_multiplier: float) -> dict:
 
 
 D_PSGD = {"name": "d-psgd"}
+MUFFLIATO = {"name": "muffliato", "noise_multiplier": 0.01, "gossip_steps": 4, "chebyshev": True}
 # label -> (protocol, gradient mechanism or None, mia options)
 MIA_SETTINGS: dict[str, tuple[dict, dict | None, dict]] = {
     "d-psgd": (D_PSGD, None, {}),
     "d-psgd + dp-sgd sigma=0.5": (D_PSGD, dp_sgd(0.5), {}),
     "d-psgd + dp-sgd sigma=1": (D_PSGD, dp_sgd(1.0), {}),
     "d-psgd + dp-sgd sigma=2": (D_PSGD, dp_sgd(2.0), {}),
-    "muffliato (noise 0.01, K=4, chebyshev)": (
-        {"name": "muffliato", "noise_multiplier": 0.01, "gossip_steps": 4, "chebyshev": True},
+    "muffliato (noise 0.01, K=4, chebyshev), first exchange": (
+        MUFFLIATO,
         None,
-        {},
+        {"exchange": 0},
     ),
+    "muffliato (noise 0.01, K=4, chebyshev), last exchange": (MUFFLIATO, None, {}),
     "zipdl (noise 1.0)": ({"name": "zipdl", "noise_multiplier": 1.0}, None, {}),
     **{
         f"shatter k={k}": (

@@ -141,6 +141,7 @@ class Cesar(Protocol):
         self.threshold, self.frac_bits = int(threshold), int(frac_bits)
         self.sparsifier = Sparsifier(sparsifier, fraction)
         self.exchanges = 2 if sparsifier == "random" else 3
+        self._announced: tuple[int, torch.Tensor] | None = None  # (round, want[E, D])
 
     def initial_state(self, params: torch.Tensor) -> torch.Tensor:
         self.sparsifier.sent(params)
@@ -245,7 +246,7 @@ class Cesar(Protocol):
     def masked(self, state: torch.Tensor, plan: CommPlan, round: int) -> tuple:
         """``(sent[E, D], encoded[E, D] int64, wire[E, D] uint64)``: what each edge sends,
         its plaintext fixed-point values and its masked values (0 where not sent)."""
-        want = self.sparsifier.want(state, plan, round, self.context.streams)
+        want = self._wants(state, plan, round)
         sent = self.shared(want, plan)
         values = plan.weight.to(torch.float64).unsqueeze(1) * state[plan.src].to(torch.float64)
         values = torch.where(sent, values, torch.zeros_like(values))
@@ -286,7 +287,7 @@ class Cesar(Protocol):
             want = self.sparsifier.want(state, plan, round, self.context.streams)
             return self._index_exchange(want, plan)
         sent, _, wire = self.masked(state, plan, round)
-        want_count = self.sparsifier.want(state, plan, round, self.context.streams).sum(dim=1)
+        want_count = self._wants(state, plan, round).sum(dim=1)
         sent_count = sent.sum(dim=1)
         n = plan.num_nodes
         wanted = torch.zeros(n).index_add_(0, plan.src, want_count.float())
@@ -312,10 +313,22 @@ class Cesar(Protocol):
         weights.index_add_(0, flat, weight)
         return total.reshape(num_nodes, dim), weights.view(num_nodes, dim)
 
+    def _wants(self, state: torch.Tensor, plan: CommPlan, round: int) -> torch.Tensor:
+        """``want[E, D]``: the sets announced this round (TopK), else each edge's own."""
+        if self._announced is not None and self._announced[0] == round:
+            return self._announced[1]
+        return self.sparsifier.want(state, plan, round, self.context.streams)
+
     def receive(
         self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         if exchange < self.exchanges - 1:
+            if messages.indices is not None and messages.width == 0:  # the announced sets
+                want = torch.zeros(len(messages), state.shape[1], dtype=torch.bool)
+                valid = messages.indices >= 0
+                rows = torch.arange(len(messages)).unsqueeze(1).expand_as(valid)
+                want[rows[valid], messages.indices[valid]] = True
+                self._announced = (round, want)
             return state
         n, dim = state.shape
         total, weights = self.aggregate(messages, plan, n, dim)

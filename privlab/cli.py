@@ -28,6 +28,7 @@ from privlab.audit_command import add_audit_parser  # noqa: E402
 from privlab.compare_command import add_compare_parser  # noqa: E402
 from privlab.errors import PrivlabError, check  # noqa: E402
 from privlab.gossip_command import add_gossip_parser  # noqa: E402
+from privlab.launch import RankFailed  # noqa: E402
 from privlab.results import (  # noqa: E402
     FILES,
     LEGACY_OBSERVATIONS,
@@ -38,6 +39,7 @@ from privlab.results import (  # noqa: E402
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_RANK_FAILED = 4
 
 
 # argparse takes "-1e-5" for an option unless it looks like a number: every real number
@@ -124,20 +126,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from privlab.config import load_config
     from privlab.experiment import DivergedWarning, build, divergence_message, train
 
-    config = load_config(_resolve_config_path(args.config), args.set)
+    overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
+    config = load_config(_resolve_config_path(args.config), overrides)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = _out_dir(args.out, f"runs/{config.name}-{stamp}")
-    _check_out_dir(out, args.force)
-    experiment = build(config, run_dir=out)  # every name and value checked first
+    distributed = config.engine == "distributed"
+    torchrun = distributed and "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not torchrun or os.environ["RANK"] == "0":
+        _check_out_dir(out, args.force)
     if config.attacks:
         from privlab.attacks.runner import check_configured
 
         check_configured(config.attacks)
-    _prepare_out_dir(out)
-    with warnings.catch_warnings():  # said below, as the one error line
-        warnings.simplefilter("ignore", DivergedWarning)
-        results = train(experiment, progress=not args.quiet)
-    results.save(out)
+    if distributed:
+        results = _run_distributed(config, out, args, torchrun)
+        if results is None:  # a rank other than 0 under torchrun
+            return 0
+    else:
+        experiment = build(config, run_dir=out)  # every name and value checked first
+        _prepare_out_dir(out)
+        with warnings.catch_warnings():  # said below, as the one error line
+            warnings.simplefilter("ignore", DivergedWarning)
+            results = train(experiment, progress=not args.quiet)
+        results.save(out)
     if args.plot:
         results.save_plot(out / FILES["plot"])
     summary = results.summary
@@ -165,6 +176,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("interrupted: kept the rounds that finished", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _run_distributed(config, out: Path, args: argparse.Namespace, torchrun: bool):
+    """Run on the distributed engine: join torchrun's process group, or spawn --procs
+    local processes; the run folder is rank 0's, loaded back here."""
+    from privlab.experiment import build
+    from privlab.launch import join, run_processes, run_rank
+    from privlab.results import load_run
+
+    timeout = args.timeout
+    if torchrun:
+        join(timeout)
+        try:
+            return run_rank(config, out if os.environ["RANK"] == "0" else None)
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    build(_single_process(config))  # every name and value checked before spawning
+    _prepare_out_dir(out)
+    try:
+        run_processes(config, args.procs, out, progress=not args.quiet, timeout=timeout)
+    except RankFailed as error:
+        kept = (out / FILES["summary"]).exists()
+        where = f"; the rounds evaluated before it are in {out}/" if kept else ""
+        raise RankFailed(f"{error}{where}") from None
+    return load_run(out)
+
+
+def _single_process(config):
+    """``config`` on the vectorized engine (to check it without a process group)."""
+    from privlab.config import parse_config
+
+    return parse_config({**config.to_dict(), "engine": "vectorized"})
 
 
 def _run_configured_attacks(out: Path, attacks: list, *, progress: bool) -> None:
@@ -231,6 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", action="store_true", help="also write curves.png (accuracy, consensus)"
     )
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_p.add_argument(
+        "--engine", help="vectorized (default), loop, or distributed (torch.distributed)"
+    )
+    run_p.add_argument(
+        "--procs",
+        type=int,
+        default=2,
+        metavar="P",
+        help="local processes of the distributed engine (default 2; under torchrun, "
+        "torchrun's)",
+    )
+    run_p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds a distributed run waits for a silent peer before it fails (60)",
+    )
     _threads_option(run_p)
     run_p.set_defaults(func=_cmd_run)
 
@@ -260,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         configure_threads(getattr(args, "threads", None))
         return args.func(args)
+    except RankFailed as error:  # a process of a distributed run failed
+        print(f"privlab: error: {error}", file=sys.stderr)
+        return EXIT_RANK_FAILED
     except ValueError as error:  # PrivlabError and invalid privacy parameters
         print(f"privlab: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privlab.context import Emissions, RoundContext
-from privlab.contract import check_received, check_sent
+from privlab.contract import all_finite, check_received, check_sent
 from privlab.errors import PrivlabError, check, is_integer
 from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
@@ -176,13 +176,30 @@ class Engine(abc.ABC):
             params = self.params
             messages = self.protocol.send(params, plan, round, exchange)
             check_sent(self.protocol, messages, self.num_nodes, round, exchange)
+            messages = self._deliver(messages, round, exchange)
             if self.observer is not None:
                 self.observer.record(round, exchange, messages)
             self._receive(params, messages, plan, round, exchange)
             check_received(self.protocol, params, self.params, round, exchange)
-            for kind, size in messages.bytes_by_sender(self.num_nodes).items():
+            for kind, size in self._sent_bytes(messages).items():
                 sent[kind] = sent[kind] + size if kind in sent else size
         return RoundReport(round, sent, batch_loss, self.context.drain())
+
+    def _deliver(self, messages: Messages, round: int, exchange: int) -> Messages:
+        """The messages as their receivers get them: as sent, in one process (the
+        distributed engine carries those that cross processes here)."""
+        return messages
+
+    def _sent_bytes(self, messages: Messages) -> dict[str, torch.Tensor]:
+        """Bytes each node sent ``[n]`` in one exchange, by kind."""
+        return messages.bytes_by_sender(self.num_nodes)
+
+    def non_finite_nodes(self) -> int:
+        """How many nodes' parameters hold a NaN or an infinity (one cheap sum when none)."""
+        params = self.params
+        if all_finite(params):
+            return 0
+        return int((~torch.isfinite(params).all(dim=1)).sum())
 
     def _train(self, round: int, step: int) -> torch.Tensor:
         """One local step of every node; returns the batch losses ``[n]``."""

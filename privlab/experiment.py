@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig
-from privlab.contract import all_finite
 from privlab.data import make_federated
+from privlab.distributed import PeerFailure  # also registers the distributed engine
 from privlab.engine import ENGINES, Engine
 from privlab.errors import PrivlabError, fields_named
 from privlab.gradient import GRADIENT_MECHANISMS, GradientMechanism
@@ -191,12 +191,15 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     - A round after which some node's parameters are not finite stops the run
       (``summary["diverged"]``: the round and how many nodes); the rounds before it are
       kept and a ``DivergedWarning`` says so.
+    - In a distributed run, a process that dies or stops answering stops the others
+      within the engine's timeout (``summary["failed"]`` names it); the rounds up to the
+      last evaluation are kept.
     """
     config, engine, observer = experiment.config, experiment.engine, experiment.observer
     ledger = experiment.ledger
     rows: list[tuple[int, int, str, float]] = []
     started = time.perf_counter()
-    completed, evaluated, aborted, diverged = 0, 0, False, None
+    completed, evaluated, aborted, diverged, failure = 0, 0, False, None, None
     _record(rows, 0, engine.evaluate(), engine.metric_nodes)
     bar = tqdm(
         range(1, config.rounds + 1),
@@ -208,7 +211,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
         try:
             for t in bar:
                 report = engine.run_round(t)
-                bad = _non_finite_nodes(engine.params)
+                bad = engine.non_finite_nodes()
                 if bad:
                     diverged = {"round": t, "nodes": bad}
                     break
@@ -225,6 +228,8 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
                     break
         except KeyboardInterrupt:  # a second Ctrl-C: the round in flight is half done
             aborted = True
+        except PeerFailure as error:  # another process of a distributed run is gone
+            aborted, failure = True, str(error)
         finally:
             bar.close()
     if aborted:
@@ -236,6 +241,8 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = _summary(config, experiment, metrics, time.perf_counter() - started)
     summary.update(completed_rounds=completed, interrupted=aborted or stop.requested)
+    if failure is not None:
+        summary["failed"] = failure
     threat = None if observer is None else observer.threat_model
     network = network_privacy(
         experiment.protocol, experiment.topology, threat, completed, config.privacy.delta
@@ -278,13 +285,6 @@ def divergence_message(diverged: dict[str, int], config: ExperimentConfig) -> st
         f"{config.nodes} nodes have non-finite parameters (lower training.lr, now "
         f"{config.training.lr:g}); kept rounds up to {diverged['round'] - 1}"
     )
-
-
-def _non_finite_nodes(params: torch.Tensor) -> int:
-    """How many rows of ``params`` hold a NaN or an infinity (one cheap sum when none)."""
-    if all_finite(params):
-        return 0
-    return int((~torch.isfinite(params).all(dim=1)).sum())
 
 
 def _interactive() -> bool:

@@ -1,0 +1,248 @@
+"""``DistributedEngine``: one experiment split over the processes of ``torch.distributed``.
+
+Nodes are partitioned in contiguous blocks, one per rank (``block_bounds``). Each rank
+trains its own block in one batched call, exactly as ``VectorizedEngine`` trains all
+nodes, and draws only its own nodes' random numbers (batches, noise: the per-node
+streams of ``privlab.rng``). Each exchange, every rank runs the protocol's ``send`` and
+keeps the messages whose sender it owns; the messages on edges that cross blocks go to
+the receiver's rank (``all_to_all``), and nothing else travels. ``receive`` then gives
+every rank its own nodes' new state. A rank's copy of the other blocks is stale and
+never read for its own nodes: a decentralized protocol computes a node's state from the
+node's own state and inbox only, which is what makes this exact.
+
+Control data is small and gathered every round (per-node bytes and losses, a
+divergence flag); the models are gathered only at evaluations and at the end, to rank
+0, which records observations, metrics and the ledger and writes the run folder like any
+other run. Collectives time out after ``timeout`` seconds: a rank that dies or stops
+answering ends the run with an error naming it instead of a silent hang.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from privlab.engine import ENGINES, VectorizedEngine
+from privlab.errors import PrivlabError
+from privlab.plan import CommPlan
+from privlab.protocol import Messages
+from privlab.sampling import Batch, shuffle_batches
+
+
+class PeerFailure(PrivlabError):
+    """Another rank died or stopped answering; the run stops and keeps what finished."""
+
+
+def block_bounds(num_nodes: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous blocks ``[lo, hi)`` of nodes, one per rank, sizes differing by at most 1."""
+    base, extra = divmod(num_nodes, world)
+    bounds, lo = [], 0
+    for rank in range(world):
+        hi = lo + base + (rank < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+@ENGINES.register("distributed")
+class DistributedEngine(VectorizedEngine):
+    """``VectorizedEngine`` on this rank's block of nodes (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        if not dist.is_available() or not dist.is_initialized():
+            raise PrivlabError(
+                "engine 'distributed' needs torch.distributed: run with privlab run "
+                "--procs P, or under torchrun"
+            )
+        super().__init__(*args, **kwargs)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.world > self.num_nodes:
+            raise PrivlabError(
+                f"--procs must be at most the {self.num_nodes} nodes, got {self.world}"
+            )
+        self.bounds = block_bounds(self.num_nodes, self.world)
+        self.lo, self.hi = self.bounds[self.rank]
+        self.block = torch.arange(self.lo, self.hi)
+        self.owner = torch.cat(
+            [torch.full((hi - lo,), r, dtype=torch.int64) for r, (lo, hi) in enumerate(self.bounds)]
+        )
+        self.bytes_between_ranks = 0
+        # every rank knows what rank 0's observer records, to send it there
+        self._threat = None if self.observer is None else self.observer.threat_model
+        if self.rank != 0:
+            self.observer = None  # rank 0 records what the curious parties see
+
+    # -- training: this rank's block only ------------------------------------------------
+
+    def _batch(self, round: int, step: int) -> Batch:
+        mechanism = self.gradient_mechanism
+        batch = None if mechanism is None else mechanism.batch(round, step, self.block)
+        if batch is not None:
+            return batch
+        return shuffle_batches(
+            self.node_indices,
+            self.node_sizes,
+            self.training.batch_size,
+            self.context.streams,
+            round,
+            step,
+            self.block,
+        )
+
+    def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
+        shape = batch.indices.shape
+        flat = batch.indices.reshape(-1)
+        x = self._X_rows.index_select(0, flat).view(*shape, *self.X.shape[1:])
+        y = self.y.index_select(0, flat).view(shape)
+        params = self._params[self.lo : self.hi]
+        out = self._grads[: self.hi - self.lo]
+        if self.context.clip_norm is None:
+            grads, losses = self._gradient(params, x, y, batch.weights, out=out)
+        else:
+            grads, losses = self._gradient.clipped_sum(
+                params, x, y, batch.weights, self.context.clip_norm, out=out
+            )
+        if self.gradient_mechanism is not None:
+            grads = self.gradient_mechanism.privatize(grads, round, step, self.block)
+        self._optimizer.step(params, grads)
+        return self._gather_rows(losses)
+
+    # -- exchanges: only messages on edges that cross blocks travel --------------------
+
+    def _deliver(self, messages: Messages, round: int, exchange: int) -> Messages:
+        """``messages`` with every edge into this rank's block (and, on rank 0, every
+        edge its observer records) carrying what its sender's rank computed. Messages
+        that are their senders' whole rows travel once per (sender, receiving rank);
+        messages of indices only (announced index sets, which receivers relay to their
+        other senders) go to every rank."""
+        src_rank, dst_rank = self.owner[messages.src], self.owner[messages.dst]
+        wanted = [dst_rank == r for r in range(self.world)]
+        if messages.width == 0:  # index sets announced (CESAR's TopK), relayed two hops on
+            wanted = [torch.ones_like(dst_rank, dtype=torch.bool)] * self.world
+        observed = self._observed(messages)
+        if observed is not None:
+            wanted[0] = wanted[0] | observed
+
+        def rows_from(sender: int, receiver: int) -> torch.Tensor:
+            if sender == receiver:
+                return torch.zeros(0, dtype=torch.int64)
+            edges = ((src_rank == sender) & wanted[receiver]).nonzero().flatten()
+            if messages.rows is not None:  # one row per sender, not per edge
+                return torch.unique(messages.src[edges])
+            return edges
+
+        outgoing = [rows_from(self.rank, r) for r in range(self.world)]
+        incoming = [rows_from(r, self.rank) for r in range(self.world)]
+        if messages.rows is not None:
+            rows = self._swap(messages.rows, outgoing, incoming)
+            return Messages.of_rows(
+                rows,
+                messages.src,
+                messages.dst,
+                sender_label=messages.sender_label,
+                receiver_label=messages.receiver_label,
+                metadata_bytes=messages.metadata_bytes,
+            )
+        payload = self._swap(messages.payload, outgoing, incoming)
+        indices = None
+        if messages.indices is not None:
+            indices = self._swap(messages.indices, outgoing, incoming)
+        return Messages(
+            messages.src,
+            messages.dst,
+            payload,
+            indices=indices,
+            sender_label=messages.sender_label,
+            receiver_label=messages.receiver_label,
+            metadata_bytes=messages.metadata_bytes,
+        )
+
+    def _observed(self, messages: Messages) -> torch.Tensor | None:
+        """The edges rank 0's observer records (None without one)."""
+        threat = self._threat
+        if threat is None:
+            return None
+        curious = torch.tensor(sorted(threat.curious_nodes), dtype=torch.int64)
+        links = torch.tensor(
+            [s * self.num_nodes + d for s, d in threat.eavesdropped_links], dtype=torch.int64
+        )
+        by_node = torch.isin(messages.dst, curious)
+        return by_node | torch.isin(messages.src * self.num_nodes + messages.dst, links)
+
+    def _swap(
+        self, tensor: torch.Tensor, outgoing: list[torch.Tensor], incoming: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """``tensor`` with the rows ``incoming[r]`` replaced by what rank r sends from its
+        rows ``outgoing[self.rank]`` (one ``all_to_all`` of the rows that cross)."""
+        width = tensor.shape[1]
+        send = torch.cat([tensor[rows] for rows in outgoing]).contiguous()
+        recv = torch.empty((sum(len(rows) for rows in incoming), width), dtype=tensor.dtype)
+        self._collective(
+            dist.all_to_all_single,
+            recv,
+            send,
+            [len(rows) for rows in incoming],
+            [len(rows) for rows in outgoing],
+        )
+        self.bytes_between_ranks += send.numel() * send.element_size()
+        out = tensor.clone()
+        rows = torch.cat(incoming)
+        if len(rows):
+            out[rows] = recv
+        return out
+
+    def _receive(
+        self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> None:
+        """The protocol's receive for this rank's block; the other blocks keep the values
+        of the last synchronization (what ``receive`` made of their partial inboxes is
+        meaningless, and could overflow a protocol's checks)."""
+        new = self.protocol.receive(params, messages, plan, round, exchange)
+        if new.data_ptr() != params.data_ptr():
+            new[: self.lo] = params[: self.lo]
+            new[self.hi :] = params[self.hi :]
+        self._params = new
+
+    def _sent_bytes(self, messages: Messages) -> dict[str, torch.Tensor]:
+        """Bytes each node sent, counted by the rank that owns it and summed over ranks."""
+        own = self.owner[messages.src] == self.rank
+        counted = messages.select(own).bytes_by_sender(self.num_nodes)
+        for size in counted.values():
+            self._collective(dist.all_reduce, size)
+        return counted
+
+    # -- what rank 0 needs: gathered rows, the whole state at evaluations ---------------
+
+    def _gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Every node's value ``[n]`` from each rank's ``[block]`` (control data)."""
+        full = torch.zeros(self.num_nodes, dtype=values.dtype)
+        full[self.lo : self.hi] = values.detach()
+        self._collective(dist.all_reduce, full)
+        return full
+
+    def synchronize(self) -> None:
+        """Gather every block so that each rank holds the whole current state."""
+        blocks = [self._params[lo:hi].contiguous() for lo, hi in self.bounds]
+        for r, block in enumerate(blocks):
+            self._collective(dist.broadcast, block, src=r)
+            self._params[self.bounds[r][0] : self.bounds[r][1]] = block
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        self.synchronize()
+        return super().evaluate()
+
+    def non_finite_nodes(self) -> int:
+        """Nodes of every block whose parameters are not finite (one all-reduce)."""
+        own = ~torch.isfinite(self._params[self.lo : self.hi]).all(dim=1)
+        count = torch.tensor([int(own.sum())])
+        self._collective(dist.all_reduce, count)
+        return int(count)
+
+    def _collective(self, operation, *args, **kwargs) -> None:
+        try:
+            operation(*args, **kwargs)
+        except RuntimeError as error:
+            raise PeerFailure(
+                f"rank {self.rank}: a peer rank failed or stopped answering during "
+                f"{operation.__name__} ({str(error).splitlines()[0]})"
+            ) from None

@@ -1,0 +1,22 @@
+"""D-PSGD whose process of one rank dies mid-run (the distributed engine's failure test)."""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+from privlab.mechanisms.gossip import DecentralizedSGD
+
+
+class DiesAtRound(DecentralizedSGD):
+    """Plain D-PSGD, except that the process of rank ``rank`` exits at round ``round``."""
+
+    def __init__(self, rank: int = 1, round: int = 3):
+        self.dying_rank, self.dying_round = rank, round
+
+    def send(self, params, plan, round, exchange):
+        if round == self.dying_round and dist.is_initialized():
+            if dist.get_rank() == self.dying_rank:
+                os._exit(1)
+        return super().send(params, plan, round, exchange)

@@ -1,0 +1,95 @@
+"""The distributed engine against the vectorized one: same seed, same final models, for
+every protocol, on 2 and 3 local processes; and a rank that dies fails the run loudly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from privlab.cli import main
+from privlab.config import parse_config
+from privlab.distributed import block_bounds
+from privlab.experiment import run
+from privlab.launch import run_processes
+from privlab.results import load_run
+
+BASE = {
+    "nodes": 10,
+    "rounds": 3,
+    "eval_every": 2,
+    "data": {"dataset": "digits"},
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"lr": 0.1, "momentum": 0.9, "batch_size": 8, "local_steps": 2},
+    "observer": {"curious_nodes": [0, 7]},
+}
+PROTOCOLS = {
+    "d-psgd": {},
+    "dp-sgd": {"gradient": {"name": "dp-sgd", "noise_multiplier": 1.0}},
+    "epidemic": {"protocol": {"name": "epidemic"}, "topology": {"name": "el-oracle", "fanout": 3}},
+    "muffliato": {"protocol": {"name": "muffliato", "noise_multiplier": 0.1, "gossip_steps": 3}},
+    "zipdl": {"protocol": {"name": "zipdl", "noise_multiplier": 0.5}},
+    "shatter": {"protocol": {"name": "shatter", "virtual_nodes": 2, "degree": 3}},
+    "cesar": {"protocol": {"name": "cesar"}},
+    "cesar-topk": {"protocol": {"name": "cesar", "sparsifier": "topk"}},
+}
+
+
+def test_blocks_are_contiguous_and_balanced():
+    assert block_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert block_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+@pytest.mark.parametrize("procs", [2, 3])
+def test_every_protocol_gives_the_vectorized_engines_models(tmp_path, procs):
+    configs = {
+        name: parse_config({**BASE, "name": name, **extra}) for name, extra in PROTOCOLS.items()
+    }
+    run_processes([(c, tmp_path / name) for name, c in configs.items()], procs)
+    for name, config in configs.items():
+        reference, distributed = run(config, progress=False), load_run(tmp_path / name)
+        difference = (distributed.models["params"] - reference.models["params"]).abs().max()
+        assert float(difference) < 1e-5, name
+        pd.testing.assert_frame_equal(
+            distributed.metrics[distributed.metrics.metric.str.startswith("bytes")],
+            reference.metrics[reference.metrics.metric.str.startswith("bytes")],
+        )
+        final = distributed.metrics[distributed.metrics.metric == "test_accuracy"]
+        expected = reference.metrics[reference.metrics.metric == "test_accuracy"]
+        assert final.value.to_numpy() == pytest.approx(expected.value.to_numpy(), abs=1e-6)
+        seen = distributed.observations.observations
+        assert len(distributed.observations) == len(reference.observations), name
+        for got, want in zip(seen, reference.observations.observations, strict=True):
+            assert got.payload.shape == want.payload.shape, name
+            assert torch.allclose(got.payload, want.payload, atol=1e-5), name
+            assert torch.equal(got.sender, want.sender) and torch.equal(got.receiver, want.receiver)
+
+
+def test_a_rank_that_dies_fails_the_run_naming_it_and_keeps_the_evaluated_rounds(tmp_path, capsys):
+    dying = Path(__file__).with_name("dying_protocol.py")
+    config = tmp_path / "dies.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**BASE, "rounds": 6, "protocol": {"name": f"{dying}:DiesAtRound", "round": 4}}
+        )
+    )
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = main(
+        ["run", str(config), "--engine", "distributed", "--procs", "2", "--timeout", "20",
+         "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4
+    assert len(err) == 1 and "rank 1 died" in err[0] and str(out) in err[0]
+    assert elapsed < 60
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed_rounds"] == 2  # the last evaluation before round 4
+    assert "rank" in summary["failed"]
+    assert pd.read_csv(out / "metrics.csv")["round"].max() == 2

@@ -199,7 +199,7 @@ def test_a_hard_abort_keeps_only_rounds_evaluated_before_it(tmp_path, monkeypatc
         ({"privacy": {"delta": 2.0}}, "privacy.delta must be in (0, 1), got 2.0"),
         ({"privacy": {"delta": 0.0}}, "privacy.delta must be in (0, 1), got 0.0"),
         ({"privacy": {"accountant": "moments"}}, "privacy.accountant: input should be 'rdp'"),
-        ({"engine": "gpu"}, "unknown engine 'gpu'; valid: loop, vectorized"),
+        ({"engine": "gpu"}, "unknown engine 'gpu'; valid: distributed, loop, vectorized"),
         (
             {
                 "gradient": {

@@ -45,7 +45,7 @@ prepare_environment()  # before anything loads torch
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from privlab.compare_pools import ProcessPool, SerialPool  # noqa: E402
+from privlab.compare_pools import ProcessPool, RayPool, SerialPool  # noqa: E402
 from privlab.compare_run import RESULT, base_record, read_result  # noqa: E402
 from privlab.errors import check, is_integer  # noqa: E402
 from privlab.jsonio import dumps  # noqa: E402
@@ -85,6 +85,9 @@ EXTRA_COLUMNS = [
 ]
 
 
+BACKENDS = ("local", "ray")
+
+
 def compare(
     sweep: str | Path | Mapping[str, Any] | Sweep,
     out: str | Path,
@@ -93,6 +96,8 @@ def compare(
     *,
     overrides: Sequence[str] = (),
     threads: int | str | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Run the sweep (a YAML path, a mapping or a ``Sweep``) into ``out`` and return
     ``summary.csv`` as a DataFrame.
@@ -104,7 +109,10 @@ def compare(
     The frame's ``attrs`` hold ``executed`` (the run ids run now, tuning included),
     ``kept`` (how many runs have a result, tuning included) and ``interrupted`` (Ctrl-C
     stopped the sweep; the summary covers the evaluation runs that finished).
+    ``backend="ray"`` runs the sweep as tasks of the Ray cluster at ``address`` (or
+    ``RAY_ADDRESS``; else a local instance), ``workers`` then being ignored.
     """
+    check(backend in BACKENDS, "--backend", "one of " + ", ".join(BACKENDS), backend)
     check(is_integer(workers) and workers >= 1, "--workers", "an integer >= 1", workers)
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep, overrides)
@@ -113,7 +121,12 @@ def compare(
     root.mkdir(parents=True, exist_ok=True)
     per_worker = worker_threads(threads, workers)
     started = time.perf_counter()
-    pool = SerialPool(root, per_worker) if workers == 1 else ProcessPool(root, workers, per_worker)
+    if backend == "ray":
+        pool = RayPool(root, per_worker, address)
+    elif workers == 1:
+        pool = SerialPool(root, per_worker)
+    else:
+        pool = ProcessPool(root, workers, per_worker)
     scheduler = _Scheduler(sweep, root, pool)
     show = progress == "always" or (bool(progress) and _interactive())
     with tqdm(
@@ -184,7 +197,7 @@ class _Scheduler:
     """Submits each point's tuning runs, then, once they are done, its evaluation runs
     with the chosen values; finished results on disk are reused."""
 
-    def __init__(self, sweep: Sweep, root: Path, pool: SerialPool | ProcessPool) -> None:
+    def __init__(self, sweep: Sweep, root: Path, pool: SerialPool | ProcessPool | RayPool) -> None:
         self.sweep, self.root, self.pool = sweep, root, pool
         self.points = sweep.points()
         self.tuning = [sweep.tuning_runs(p) for p in self.points]

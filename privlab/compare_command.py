@@ -1,6 +1,7 @@
 """``privlab compare``: a sweep of mechanisms x parameters x seeds, in parallel, resumable.
 
-``privlab compare CONFIG [--out DIR] [--workers W] [--set KEY=VALUE ...] [--threads N]
+``privlab compare CONFIG [--out DIR] [--workers W] [--backend local|ray] [--ray-address A]
+[--set KEY=VALUE ...] [--threads N]
 [--quiet]`` runs the sweep of ``CONFIG`` (``privlab.sweep`` documents its YAML) with
 ``privlab.compare.compare`` and prints the mean accuracy, MIA AUC and epsilon of every
 mechanism at every parameter point. The whole sweep is validated before any run (bad
@@ -46,6 +47,16 @@ def add_compare_parser(sub) -> None:
         help="torch threads per worker: an integer >= 1 or 'auto' (default: "
         "$PRIVLAB_THREADS, else the free cores less one, shared among the workers)",
     )
+    parser.add_argument(
+        "--backend",
+        default="local",
+        help="local (processes on this machine, default) or ray (a Ray cluster; needs "
+        "privlab[ray])",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="the Ray cluster to join (default: $RAY_ADDRESS, else a local instance)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_compare_command)
 
@@ -60,7 +71,15 @@ def run_compare_command(args: argparse.Namespace) -> int:
     if args.out is not None:
         check(bool(args.out.strip()), "--out", "a folder path", args.out)
     out = Path(args.out or f"runs/compare-{sweep.name}")
-    frame = compare(sweep, out, args.workers, progress=not args.quiet, threads=args.threads)
+    frame = compare(
+        sweep,
+        out,
+        args.workers,
+        progress=not args.quiet,
+        threads=args.threads,
+        backend=args.backend,
+        address=args.ray_address,
+    )
     finished = table(frame)
     if len(finished):
         print(finished.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

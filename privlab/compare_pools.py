@@ -1,7 +1,7 @@
-"""Where the runs of a ``privlab compare`` sweep execute: in this process, or in a pool
-of spawned processes.
+"""Where the runs of a ``privlab compare`` sweep execute: in this process, in a pool of
+spawned processes, or as tasks of a Ray cluster (``--backend ray``).
 
-Both pools take ``RunSpec``s (``submit``) and hand back each finished run with its
+The pools take ``RunSpec``s (``submit``) and hand back each finished run with its
 result (``next_done``); ``stop`` (on Ctrl-C) drops what has not started and collects
 what was running.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from privlab.compare_run import base_record, execute, init_worker
+from privlab.errors import PrivlabError
 from privlab.sweep import RunSpec
 
 
@@ -116,3 +117,60 @@ def _outcome(future: Future, spec: RunSpec) -> dict[str, Any]:
         return {**base_record(spec), "status": "interrupted"}
     message = " ".join(str(error).split()) or type(error).__name__
     return {**base_record(spec), "status": "failed", "error": f"worker failed: {message}"}
+
+
+class RayPool:
+    """Runs as tasks of a Ray cluster (``ray.init(address)``: the cluster at ``address``
+    or ``RAY_ADDRESS``, else a local instance started here and stopped at the end), one
+    CPU and ``threads`` torch threads each. The workers write the run folders and their
+    ``result.json``, so on a cluster of several machines ``--out`` must be a folder they
+    all see (a shared file system); the records also come back to this process, which
+    writes the summary."""
+
+    def __init__(self, root: Path, threads: int, address: str | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise PrivlabError("--backend ray needs Ray: pip install 'privlab[ray]'") from None
+        self.ray, self.root = ray, root
+        self.started = not ray.is_initialized()
+        if self.started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        self.task = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
+        self.refs: dict[Any, RunSpec] = {}
+        self.threads = threads
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.refs)
+
+    def submit(self, spec: RunSpec) -> None:
+        self.refs[self.task.remote(spec, str(self.root), self.threads)] = spec
+
+    def next_done(self) -> tuple[RunSpec, dict[str, Any]]:
+        (ref,), _ = self.ray.wait(list(self.refs), num_returns=1)
+        spec = self.refs.pop(ref)
+        try:
+            return spec, self.ray.get(ref)
+        except Exception as error:  # the task or its worker died
+            message = " ".join(str(error).split())[:300] or type(error).__name__
+            failure = {"status": "failed", "error": f"worker failed: {message}"}
+            return spec, {**base_record(spec), **failure}
+
+    def stop(self) -> list[tuple[RunSpec, dict[str, Any]]]:
+        """Cancel every task; runs that finish anyway write their own folders, and are
+        found again by the next invocation only through ``result.json``, so they rerun."""
+        for ref in self.refs:
+            self.ray.cancel(ref)
+        self.refs.clear()
+        return []
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _ray_execute(spec: RunSpec, root: str, threads: int) -> dict[str, Any]:
+    """One run in a Ray worker: the sweep worker's set-up, then ``execute``."""
+    init_worker(threads)
+    return execute(spec, root)

@@ -231,6 +231,13 @@ class DistributedEngine(VectorizedEngine):
         self.synchronize()
         return super().evaluate()
 
+    def report(self) -> dict:
+        """Processes, blocks and the bytes of messages sent between ranks over the run
+        (summed over ranks: one all-reduce, so every rank must call it)."""
+        total = torch.tensor([self.bytes_between_ranks], dtype=torch.int64)
+        self._collective(dist.all_reduce, total)
+        return {"processes": self.world, "blocks": self.bounds, "bytes_between_ranks": int(total)}
+
     def non_finite_nodes(self) -> int:
         """Nodes of every block whose parameters are not finite (one all-reduce)."""
         own = ~torch.isfinite(self._params[self.lo : self.hi]).all(dim=1)

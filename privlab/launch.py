@@ -60,6 +60,8 @@ def run_rank(config: ExperimentConfig, out: str | Path | None, *, progress: bool
     rank = dist.get_rank()
     experiment = build(distributed_config(config), run_dir=out if rank == 0 else None)
     results = train(experiment, progress=progress and rank == 0)
+    if "failed" not in results.summary:
+        results.summary["distributed"] = experiment.engine.report()
     if rank == 0 and out is not None:
         results.save(out)
     if "failed" in results.summary:

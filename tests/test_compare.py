@@ -130,6 +130,23 @@ def test_two_workers_give_the_same_numbers(finished, tmp_path):
     )
 
 
+def test_a_local_ray_instance_gives_the_same_numbers(finished, tmp_path):
+    """``--backend ray``: the runs are tasks of a Ray instance started by the test."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = compare(SWEEP, tmp_path / "ray", progress=False, threads=1, backend="ray")
+        assert ray.is_initialized()  # an instance started by the caller stays up
+    finally:
+        ray.shutdown()
+    assert list(on_ray["run_id"]) == list(finished[1]["run_id"])
+    np.testing.assert_allclose(
+        on_ray[NUMBERS].to_numpy(), finished[1][NUMBERS].to_numpy(), atol=1e-6, equal_nan=True
+    )
+    again = compare(SWEEP, tmp_path / "ray", progress=False, threads=1)  # resumable locally
+    assert again.attrs["executed"] == []
+
+
 def test_plots_are_written(finished):
     for name, _, _ in PLOTS.values():
         path = finished[0] / name

@@ -4,6 +4,8 @@ every protocol, on 2 and 3 local processes; and a rank that dies fails the run l
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,3 +95,22 @@ def test_a_rank_that_dies_fails_the_run_naming_it_and_keeps_the_evaluated_rounds
     assert summary["completed_rounds"] == 2  # the last evaluation before round 4
     assert "rank" in summary["failed"]
     assert pd.read_csv(out / "metrics.csv")["round"].max() == 2
+
+
+def test_the_same_config_runs_under_torchrun(tmp_path):
+    """torchrun sets RANK and WORLD_SIZE; privlab run joins its process group (what a
+    run across machines does, here with both processes on localhost)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "name": "torchrun"}))
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "privlab", "run",
+               str(config), "--engine", "distributed", "--out", str(out), "--quiet"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("results in") == 1  # rank 0 speaks, rank 1 does not
+    distributed = load_run(out)
+    reference = run(parse_config({**BASE, "name": "torchrun"}), progress=False)
+    difference = (distributed.models["params"] - reference.models["params"]).abs().max()
+    assert float(difference) < 1e-5
+    assert distributed.summary["distributed"]["processes"] == 2

@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_network.py --json benchmarks/results/network.json
 	$(PY) benchmarks/bench_structural.py --json benchmarks/results/structural.json
 	$(PY) benchmarks/bench_shadow.py --json benchmarks/results/shadow.json
+	$(PY) benchmarks/bench_distributed.py --json benchmarks/results/distributed.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -238,6 +238,12 @@ class DistributedEngine(VectorizedEngine):
         self._collective(dist.all_reduce, total)
         return {"processes": self.world, "blocks": self.bounds, "bytes_between_ranks": int(total)}
 
+    def agree_to_stop(self, requested: bool) -> bool:
+        """Any rank's Ctrl-C stops every rank after the same round (one all-reduce)."""
+        flag = torch.tensor([int(requested)])
+        self._collective(dist.all_reduce, flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
     def non_finite_nodes(self) -> int:
         """Nodes of every block whose parameters are not finite (one all-reduce)."""
         own = ~torch.isfinite(self._params[self.lo : self.hi]).all(dim=1)

@@ -194,6 +194,11 @@ class Engine(abc.ABC):
         """Bytes each node sent ``[n]`` in one exchange, by kind."""
         return messages.bytes_by_sender(self.num_nodes)
 
+    def agree_to_stop(self, requested: bool) -> bool:
+        """Whether the run stops after this round (Ctrl-C): this process's request, or in
+        a distributed run any process's."""
+        return requested
+
     def non_finite_nodes(self) -> int:
         """How many nodes' parameters hold a NaN or an infinity (one cheap sum when none)."""
         params = self.params

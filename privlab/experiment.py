@@ -191,7 +191,8 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     - A round after which some node's parameters are not finite stops the run
       (``summary["diverged"]``: the round and how many nodes); the rounds before it are
       kept and a ``DivergedWarning`` says so.
-    - In a distributed run, a process that dies or stops answering stops the others
+    - In a distributed run, Ctrl-C in any process stops them all after the same round;
+      a process that dies or stops answering stops the others
       within the engine's timeout (``summary["failed"]`` names it); the rounds up to the
       last evaluation are kept.
     """
@@ -200,6 +201,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
     rows: list[tuple[int, int, str, float]] = []
     started = time.perf_counter()
     completed, evaluated, aborted, diverged, failure = 0, 0, False, None, None
+    stopping = False
     _record(rows, 0, engine.evaluate(), engine.metric_nodes)
     bar = tqdm(
         range(1, config.rounds + 1),
@@ -216,15 +218,16 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
                     diverged = {"round": t, "nodes": bad}
                     break
                 completed = t
+                stopping = engine.agree_to_stop(stop.requested)
                 ledger.record(report.emitted)
                 _record(rows, t, report.metrics(), engine.metric_nodes)
-                if t % config.eval_every == 0 or t == config.rounds or stop.requested:
+                if t % config.eval_every == 0 or t == config.rounds or stopping:
                     metrics = engine.evaluate() | _epsilon(ledger)
                     _record(rows, t, metrics, engine.metric_nodes)
                     evaluated = t
                     if "test_accuracy" in metrics:
                         bar.set_postfix(acc=f"{metrics['test_accuracy'].mean():.3f}")
-                if stop.requested:
+                if stopping:
                     break
         except KeyboardInterrupt:  # a second Ctrl-C: the round in flight is half done
             aborted = True
@@ -240,7 +243,7 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
         observer.log.truncate(completed)
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = _summary(config, experiment, metrics, time.perf_counter() - started)
-    summary.update(completed_rounds=completed, interrupted=aborted or stop.requested)
+    summary.update(completed_rounds=completed, interrupted=aborted or stopping)
     if failure is not None:
         summary["failed"] = failure
     threat = None if observer is None else observer.threat_model

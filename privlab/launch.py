@@ -111,7 +111,12 @@ def run_processes(
     for process in processes:
         process.start()
     for process in processes:
-        process.join()
+        while True:
+            try:
+                process.join()
+                break
+            except KeyboardInterrupt:  # the ranks got it too: they stop after the round
+                continue
     failed = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode != 0]
     if failed:
         reports = {}

@@ -1,8 +1,10 @@
-"""D-PSGD whose process of one rank dies mid-run (the distributed engine's failure test)."""
+"""D-PSGD whose process of one rank dies, or gets a Ctrl-C, mid-run (the distributed
+engine's failure and interruption tests)."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import torch.distributed as dist
 
@@ -19,4 +21,16 @@ class DiesAtRound(DecentralizedSGD):
         if round == self.dying_round and dist.is_initialized():
             if dist.get_rank() == self.dying_rank:
                 os._exit(1)
+        return super().send(params, plan, round, exchange)
+
+
+class CtrlCAtRound(DecentralizedSGD):
+    """Plain D-PSGD, except that rank ``rank`` gets a Ctrl-C (SIGINT) at round ``round``."""
+
+    def __init__(self, rank: int = 1, round: int = 2):
+        self.signal_rank, self.signal_round = rank, round
+
+    def send(self, params, plan, round, exchange):
+        if round == self.signal_round and dist.get_rank() == self.signal_rank:
+            signal.raise_signal(signal.SIGINT)
         return super().send(params, plan, round, exchange)

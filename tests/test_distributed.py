@@ -114,3 +114,20 @@ def test_the_same_config_runs_under_torchrun(tmp_path):
     difference = (distributed.models["params"] - reference.models["params"]).abs().max()
     assert float(difference) < 1e-5
     assert distributed.summary["distributed"]["processes"] == 2
+
+
+def test_ctrl_c_in_one_process_stops_every_process_after_the_same_round(tmp_path):
+    plugin = Path(__file__).with_name("dying_protocol.py")
+    config = tmp_path / "ctrl-c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**BASE, "rounds": 5, "protocol": {"name": f"{plugin}:CtrlCAtRound", "round": 2}}
+        )
+    )
+    out = tmp_path / "run"
+    command = ["run", str(config), "--engine", "distributed", "--procs", "2", "--out", str(out),
+               "--quiet"]  # fmt: skip
+    assert main(command) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["completed_rounds"] == 2
+    assert load_run(out).models is not None  # both ranks finished round 2: models kept

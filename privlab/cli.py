@@ -285,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         metavar="P",
-        help="local processes of the distributed engine (default 2; under torchrun, "
-        "torchrun's)",
+        help="local processes of the distributed engine (default 2; under torchrun, torchrun's)",
     )
     run_p.add_argument(
         "--timeout",

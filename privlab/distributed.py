@@ -26,7 +26,7 @@ from privlab.engine import ENGINES, VectorizedEngine
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan
 from privlab.protocol import Messages
-from privlab.sampling import Batch, shuffle_batches
+from privlab.sampling import Batch
 
 
 class PeerFailure(PrivlabError):
@@ -74,20 +74,9 @@ class DistributedEngine(VectorizedEngine):
 
     # -- training: this rank's block only ------------------------------------------------
 
-    def _batch(self, round: int, step: int) -> Batch:
-        mechanism = self.gradient_mechanism
-        batch = None if mechanism is None else mechanism.batch(round, step, self.block)
-        if batch is not None:
-            return batch
-        return shuffle_batches(
-            self.node_indices,
-            self.node_sizes,
-            self.training.batch_size,
-            self.context.streams,
-            round,
-            step,
-            self.block,
-        )
+    @property
+    def trained_nodes(self) -> torch.Tensor:
+        return self.block
 
     def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
         shape = batch.indices.shape

@@ -213,10 +213,15 @@ class Engine(abc.ABC):
             self.gradient_mechanism.account(round, step)
         return losses
 
+    @property
+    def trained_nodes(self) -> torch.Tensor:
+        """The nodes this engine trains: every node (a distributed rank: its block)."""
+        return self.nodes
+
     def _batch(self, round: int, step: int) -> Batch:
-        """Every node's batch: the gradient mechanism's, or a shuffled fixed-size one."""
-        mechanism = self.gradient_mechanism
-        batch = None if mechanism is None else mechanism.batch(round, step, self.nodes)
+        """The trained nodes' batches: the gradient mechanism's, or shuffled fixed-size ones."""
+        mechanism, nodes = self.gradient_mechanism, self.trained_nodes
+        batch = None if mechanism is None else mechanism.batch(round, step, nodes)
         if batch is not None:
             return batch
         return shuffle_batches(
@@ -226,7 +231,7 @@ class Engine(abc.ABC):
             self.context.streams,
             round,
             step,
-            self.nodes,
+            nodes,
         )
 
     # -- evaluation -------------------------------------------------------------------

@@ -26,7 +26,6 @@ from privlab.engine import ENGINES, VectorizedEngine
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan
 from privlab.protocol import Messages
-from privlab.sampling import Batch
 
 
 class PeerFailure(PrivlabError):
@@ -77,24 +76,6 @@ class DistributedEngine(VectorizedEngine):
     @property
     def trained_nodes(self) -> torch.Tensor:
         return self.block
-
-    def _local_step(self, batch: Batch, round: int, step: int) -> torch.Tensor:
-        shape = batch.indices.shape
-        flat = batch.indices.reshape(-1)
-        x = self._X_rows.index_select(0, flat).view(*shape, *self.X.shape[1:])
-        y = self.y.index_select(0, flat).view(shape)
-        params = self._params[self.lo : self.hi]
-        out = self._grads[: self.hi - self.lo]
-        if self.context.clip_norm is None:
-            grads, losses = self._gradient(params, x, y, batch.weights, out=out)
-        else:
-            grads, losses = self._gradient.clipped_sum(
-                params, x, y, batch.weights, self.context.clip_norm, out=out
-            )
-        if self.gradient_mechanism is not None:
-            grads = self.gradient_mechanism.privatize(grads, round, step, self.block)
-        self._optimizer.step(params, grads)
-        return self._gather_rows(losses)
 
     # -- exchanges: only messages on edges that cross blocks travel --------------------
 
@@ -202,7 +183,7 @@ class DistributedEngine(VectorizedEngine):
 
     # -- what rank 0 needs: gathered rows, the whole state at evaluations ---------------
 
-    def _gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+    def _every_node(self, values: torch.Tensor) -> torch.Tensor:
         """Every node's value ``[n]`` from each rank's ``[block]`` (control data)."""
         full = torch.zeros(self.num_nodes, dtype=values.dtype)
         full[self.lo : self.hi] = values.detach()

@@ -322,17 +322,23 @@ class VectorizedEngine(Engine):
         flat = batch.indices.reshape(-1)
         x = self._X_rows.index_select(0, flat).view(*shape, *self.X.shape[1:])
         y = self.y.index_select(0, flat).view(shape)
-        mechanism = self.gradient_mechanism
+        nodes = self.trained_nodes
+        params = self._params[int(nodes[0]) : int(nodes[-1]) + 1]  # contiguous: a view
+        out = self._grads[: len(nodes)]
         if self.context.clip_norm is None:
-            grads, losses = self._gradient(self._params, x, y, batch.weights, out=self._grads)
+            grads, losses = self._gradient(params, x, y, batch.weights, out=out)
         else:
             grads, losses = self._gradient.clipped_sum(
-                self._params, x, y, batch.weights, self.context.clip_norm, out=self._grads
+                params, x, y, batch.weights, self.context.clip_norm, out=out
             )
-        if mechanism is not None:
-            grads = mechanism.privatize(grads, round, step, self.nodes)
-        self._optimizer.step(self._params, grads)
-        return losses
+        if self.gradient_mechanism is not None:
+            grads = self.gradient_mechanism.privatize(grads, round, step, nodes)
+        self._optimizer.step(params, grads)
+        return self._every_node(losses)
+
+    def _every_node(self, values: torch.Tensor) -> torch.Tensor:
+        """Every node's value ``[n]`` from the trained nodes' (all of them here)."""
+        return values
 
     def _receive(
         self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int

@@ -43,6 +43,7 @@ from privlab.attacks import audit as bounds
 from privlab.attacks.audit_scores import (
     DIRAC_STATISTICS,
     INPUT_STATISTICS,
+    TargetView,
     dirac_scores,
     input_scores,
     target_views,
@@ -308,10 +309,12 @@ def _train_worlds(
 # ------------------------------------------------------------------------------ scoring
 
 
-def _scores(trained: _Trained, planted: _Planted, statistic: str) -> np.ndarray:
+def _scores(
+    trained: _Trained, planted: _Planted, views: list[list[TargetView]], statistic: str
+) -> np.ndarray:
     """Scores ``[worlds, m]`` of every canary under ``statistic``."""
     rows = []
-    for experiment, targets in zip(trained.experiments, trained.targets, strict=True):
+    for experiment, group in zip(trained.experiments, views, strict=True):
         engine, topology = experiment.engine, experiment.topology
         initial = engine.initial_state[0].double()
         isolable = (
@@ -320,8 +323,7 @@ def _scores(trained: _Trained, planted: _Planted, statistic: str) -> np.ndarray:
             and _default_plan(experiment.protocol)
         )
         plans = {t: topology.plan(t) for t in range(trained.rounds + 1)} if isolable else None
-        views = target_views(experiment.observer.log, targets)
-        for view in views:
+        for view in group:
             if planted.coordinates is not None:
                 rows.append(dirac_scores(view, initial, planted.coordinates, statistic, plans))
             else:
@@ -339,14 +341,6 @@ def _scores(trained: _Trained, planted: _Planted, statistic: str) -> np.ndarray:
                     )
                 )
     return np.stack(rows)
-
-
-def _seen(trained: _Trained) -> bool:
-    views = [
-        target_views(e.observer.log, t)
-        for e, t in zip(trained.experiments, trained.targets, strict=True)
-    ]
-    return any(view.sent for group in views for view in group)
 
 
 # ------------------------------------------------------------------------------- bounds
@@ -436,7 +430,11 @@ def run_audit(
         s.canaries, s.holdout_fraction, derive_seed(config.seed, "audit-split")
     )
     statistics = DIRAC_STATISTICS if s.kind == "dirac" else INPUT_STATISTICS
-    candidates = {stat: _scores(trained, planted, stat) for stat in statistics}
+    views = [
+        target_views(e.observer.log, t)
+        for e, t in zip(trained.experiments, trained.targets, strict=True)
+    ]
+    candidates = {stat: _scores(trained, planted, views, stat) for stat in statistics}
     if s.method == "one-run":
         picked = {
             stat: bounds.one_run_thresholds(sc[0, holdout], labels[0, holdout], delta, s.confidence)
@@ -496,7 +494,7 @@ def run_audit(
             "epsilon": bounds.eps_from_gdp(mu, delta) if mu > 0 else 0.0,
         }
     claim, source = _claim(trained, s, threat, topology, delta)
-    seen = _seen(trained)
+    seen = any(view.sent for group in views for view in group)
     verdict, reason = _verdict(claim, bound, ceiling, seen, s.confidence)
     accuracy = _accuracy(trained)
     return AuditResult(

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import ExperimentConfig, parse_config
-from privlab.data import make_federated
 from privlab.errors import PrivlabError, check, is_integer
+from privlab.experiment import federated_data
 from privlab.models import build_model
 from privlab.observe import ObservationLog, ThreatModel
 from privlab.partition import FederatedData
@@ -91,7 +91,7 @@ class AttackContext:
                 f"{source} kept no final models (it diverged or was aborted): rerun it to the end"
             )
         config = parse_config(results.config)
-        data = rebuild_data(config)
+        data = federated_data(config)  # as the run built it
         model = initial_model(config, data)
         spec = ParamSpec.of(model)
         options = config.protocol.options
@@ -164,23 +164,6 @@ class AttackContext:
     def labels(self, indices: np.ndarray) -> np.ndarray:
         """Labels of the dataset rows ``indices`` (numpy int64)."""
         return self.data.dataset.y.numpy()[np.asarray(indices, dtype=np.int64)]
-
-
-def rebuild_data(config: ExperimentConfig) -> FederatedData:
-    """The dataset and partition of a run, as ``privlab.experiment.build`` makes them."""
-    c = config.data
-    return make_federated(
-        c.dataset,
-        config.nodes,
-        c.partition,
-        root=c.root,
-        seed=config.seed,
-        dataset_options=c.options,
-        alpha=c.alpha,
-        shards_per_node=c.shards_per_node,
-        test_fraction=c.test_fraction,
-        nonmember_fraction=c.nonmember_fraction,
-    )
 
 
 def initial_model(config: ExperimentConfig, data: FederatedData) -> nn.Module:

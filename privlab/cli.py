@@ -126,7 +126,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from privlab.config import load_config
     from privlab.experiment import DivergedWarning, build, divergence_message, train
 
-    overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
+    overrides = list(args.set) + [
+        f"{key}={value}"
+        for key, value in (("engine", args.engine), ("device", args.device))
+        if value
+    ]
     config = load_config(_resolve_config_path(args.config), overrides)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = _out_dir(args.out, f"runs/{config.name}-{stamp}")
@@ -279,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")
     run_p.add_argument(
         "--engine", help="vectorized (default), loop, or distributed (torch.distributed)"
+    )
+    run_p.add_argument(
+        "--device", help="cpu (default), auto (a GPU when torch sees one), cuda or cuda:K"
     )
     run_p.add_argument(
         "--procs",

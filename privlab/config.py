@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from privlab.devices import check_device_name
 from privlab.errors import PrivlabError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -151,7 +152,9 @@ class ExperimentConfig(_Section):
 
     ``ExperimentConfig()`` is the default experiment (the packaged ``default`` config):
     digits on 16 nodes, an MLP 64-32, D-PSGD on a random 4-regular graph, 30 rounds of
-    4 local SGD steps (lr 0.1, momentum 0.9, batch 16).
+    4 local SGD steps (lr 0.1, momentum 0.9, batch 16). ``device`` says where the engine
+    computes: ``cpu`` (default), ``auto`` (a GPU when torch sees one), ``cuda``,
+    ``cuda:K`` (``privlab.devices``).
     """
 
     name: str = ""
@@ -160,6 +163,7 @@ class ExperimentConfig(_Section):
     rounds: int = Field(30, ge=1)
     eval_every: int = Field(5, ge=1)
     engine: str = "vectorized"
+    device: str = "cpu"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(hidden=[64, 32]))
     topology: TopologyConfig = Field(default_factory=lambda: TopologyConfig(degree=4))
@@ -183,6 +187,11 @@ class ExperimentConfig(_Section):
                 f"no leading '-'), at most 100 characters, got {_short(name)}"
             )
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, device: str) -> str:
+        return check_device_name(device)
 
     @model_validator(mode="after")
     def _observed_rounds_exist(self) -> ExperimentConfig:

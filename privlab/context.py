@@ -39,7 +39,12 @@ class Emissions:
 
 @dataclass
 class RoundContext:
-    """The setting of a run, as protocols and gradient mechanisms see it."""
+    """The setting of a run, as protocols and gradient mechanisms see it.
+
+    ``node_indices``, ``node_sizes``, ``features`` and the streams' draws are on the
+    engine's device (``device``): a component creates its tensors there too. What it
+    emits is moved to the CPU for the ledger and the metrics.
+    """
 
     num_nodes: int
     dim: int
@@ -58,6 +63,11 @@ class RoundContext:
     clip_norm: float | None = None
     """The per-sample clipping bound of the gradient mechanism (None: no clipping)."""
     emitted: Emissions = field(default_factory=Emissions)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the run computes (``privlab.devices``)."""
+        return self.streams.device
 
     @property
     def lr(self) -> float:
@@ -87,7 +97,7 @@ class RoundContext:
 
     def emit_metric(self, name: str, values: torch.Tensor) -> None:
         """A per-node metric ``[n]`` for this round (summed if emitted twice in a round)."""
-        values = torch.as_tensor(values, dtype=torch.float32)
+        values = torch.as_tensor(values, dtype=torch.float32).cpu()
         if values.shape != (self.num_nodes,):
             raise PrivlabError(f"metric {name!r} must have shape [{self.num_nodes}]")
         previous = self.emitted.metrics.get(name)
@@ -102,7 +112,7 @@ class RoundContext:
 def _node_ids(nodes: torch.Tensor | None, num_nodes: int) -> torch.Tensor | None:
     if nodes is None:
         return None
-    ids = torch.as_tensor(nodes).reshape(-1)
+    ids = torch.as_tensor(nodes).reshape(-1).cpu()
     if len(ids) == 0:
         return torch.zeros(0, dtype=torch.int64)
     # a boolean mask or float ids cast to int64 would silently charge the wrong nodes

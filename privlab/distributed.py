@@ -10,6 +10,10 @@ every rank its own nodes' new state. A rank's copy of the other blocks is stale 
 never read for its own nodes: a decentralized protocol computes a node's state from the
 node's own state and inbox only, which is what makes this exact.
 
+On a GPU (``device: cuda`` or ``auto``), rank r computes on GPU ``LOCAL_RANK`` (r when
+spawned by ``--procs``) modulo the GPUs visible, and the messages and models travel over
+NCCL; control data stays on the CPU over gloo (``privlab.launch.backend``).
+
 Control data is small and gathered every round (per-node bytes and losses, a
 divergence flag); the models are gathered only at evaluations and at the end, to rank
 0, which records observations, metrics and the ledger and writes the run folder like any
@@ -19,9 +23,12 @@ answering ends the run with an error naming it instead of a silent hang.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
+from privlab.devices import resolve_device
 from privlab.engine import ENGINES, VectorizedEngine
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan
@@ -64,12 +71,22 @@ class DistributedEngine(VectorizedEngine):
         self.block = torch.arange(self.lo, self.hi)
         self.owner = torch.cat(
             [torch.full((hi - lo,), r, dtype=torch.int64) for r, (lo, hi) in enumerate(self.bounds)]
-        )
+        ).to(self.device)
         self.bytes_between_ranks = 0
         # every rank knows what rank 0's observer records, to send it there
         self._threat = None if self.observer is None else self.observer.threat_model
         if self.rank != 0:
             self.observer = None  # rank 0 records what the curious parties see
+
+    def _device(self, device: str | torch.device) -> torch.device:
+        """The configured device; a GPU without an index is this rank's local GPU."""
+        resolved = resolve_device(device)
+        if resolved.type == "cuda" and str(device) in ("auto", "cuda"):
+            local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+            resolved = torch.device("cuda", local % torch.cuda.device_count())
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        return resolved
 
     # -- training: this rank's block only ------------------------------------------------
 
@@ -95,7 +112,7 @@ class DistributedEngine(VectorizedEngine):
 
         def rows_from(sender: int, receiver: int) -> torch.Tensor:
             if sender == receiver:
-                return torch.zeros(0, dtype=torch.int64)
+                return torch.zeros(0, dtype=torch.int64, device=self.device)
             edges = ((src_rank == sender) & wanted[receiver]).nonzero().flatten()
             if messages.rows is not None:  # one row per sender, not per edge
                 return torch.unique(messages.src[edges])
@@ -132,9 +149,11 @@ class DistributedEngine(VectorizedEngine):
         threat = self._threat
         if threat is None:
             return None
-        curious = torch.tensor(sorted(threat.curious_nodes), dtype=torch.int64)
+        curious = torch.tensor(sorted(threat.curious_nodes), dtype=torch.int64, device=self.device)
         links = torch.tensor(
-            [s * self.num_nodes + d for s, d in threat.eavesdropped_links], dtype=torch.int64
+            [s * self.num_nodes + d for s, d in threat.eavesdropped_links],
+            dtype=torch.int64,
+            device=self.device,
         )
         by_node = torch.isin(messages.dst, curious)
         return by_node | torch.isin(messages.src * self.num_nodes + messages.dst, links)
@@ -146,7 +165,8 @@ class DistributedEngine(VectorizedEngine):
         rows ``outgoing[self.rank]`` (one ``all_to_all`` of the rows that cross)."""
         width = tensor.shape[1]
         send = torch.cat([tensor[rows] for rows in outgoing]).contiguous()
-        recv = torch.empty((sum(len(rows) for rows in incoming), width), dtype=tensor.dtype)
+        size = (sum(len(rows) for rows in incoming), width)
+        recv = torch.empty(size, dtype=tensor.dtype, device=tensor.device)
         self._collective(
             dist.all_to_all_single,
             recv,
@@ -185,7 +205,7 @@ class DistributedEngine(VectorizedEngine):
 
     def _every_node(self, values: torch.Tensor) -> torch.Tensor:
         """Every node's value ``[n]`` from each rank's ``[block]`` (control data)."""
-        full = torch.zeros(self.num_nodes, dtype=values.dtype)
+        full = torch.zeros(self.num_nodes, dtype=values.dtype, device=values.device)
         full[self.lo : self.hi] = values.detach()
         self._collective(dist.all_reduce, full)
         return full

@@ -33,6 +33,7 @@ from torch import nn
 
 from privlab.context import Emissions, RoundContext
 from privlab.contract import all_finite, check_received, check_sent
+from privlab.devices import on_device, resolve_device
 from privlab.errors import PrivlabError, check, is_integer
 from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
@@ -110,6 +111,7 @@ class Engine(abc.ABC):
         eval_samples: int = EVAL_SAMPLES,
         eval_nodes: int | None = EVAL_NODES,
         eval_test_samples: int | None = None,
+        device: str | torch.device = "cpu",
     ):
         check(
             topology.num_nodes == data.num_nodes,
@@ -127,10 +129,15 @@ class Engine(abc.ABC):
         self.training, self.seed, self.observer = training, seed, observer
         self.gradient_mechanism = gradient
         self.spec = ParamSpec.of(model)
+        self.device = self._device(device)
         self.num_nodes = data.num_nodes
         self.nodes = torch.arange(self.num_nodes)
-        self.X, self.y = data.dataset.X, data.dataset.y
-        self.node_indices, self.node_sizes = data.padded_node_indices()
+        self.X, self.y = data.dataset.X.to(self.device), data.dataset.y.to(self.device)
+        node_indices, node_sizes = data.padded_node_indices()
+        self.node_indices, self.node_sizes = (
+            node_indices.to(self.device),
+            node_sizes.to(self.device),
+        )
         # what an evaluation covers, drawn once from the seed: the same at every evaluation
         for name, value in (("eval_nodes", eval_nodes), ("eval_test_samples", eval_test_samples)):
             valid = value is None or (is_integer(value) and value >= 1)
@@ -140,9 +147,13 @@ class Engine(abc.ABC):
         self.num_test = len(test_indices)
         self.test_indices = test_indices[
             _sample(self.num_test, eval_test_samples, seed, "evaluation-test-samples")
-        ]
+        ].to(self.device)
         self.eval_indices, self.eval_mask = _evaluation_subset(
-            self.node_indices[self.eval_nodes], self.node_sizes[self.eval_nodes], eval_samples
+            node_indices[self.eval_nodes], node_sizes[self.eval_nodes], eval_samples
+        )
+        self.eval_indices, self.eval_mask = (
+            self.eval_indices.to(self.device),
+            self.eval_mask.to(self.device),
         )
         self.context = RoundContext(
             num_nodes=self.num_nodes,
@@ -151,7 +162,7 @@ class Engine(abc.ABC):
             training=training,
             node_indices=self.node_indices,
             node_sizes=self.node_sizes,
-            streams=NodeStreams(seed),
+            streams=NodeStreams(seed, device=self.device),
             features=self.X,
             model=model,
             clip_norm=None if gradient is None else gradient.clip_norm,
@@ -159,18 +170,23 @@ class Engine(abc.ABC):
         protocol.setup(self.context)
         if gradient is not None:
             gradient.setup(self.context)
-        initial_models = self.spec.flatten(model).repeat(self.num_nodes, 1)
+        self._last_plan: tuple[object, object] | None = None
+        initial_models = self.spec.flatten(model).to(self.device).repeat(self.num_nodes, 1)
         self.initial_state = protocol.initial_state(initial_models)
+
+    def _device(self, device: str | torch.device) -> torch.device:
+        """Where this engine computes (``privlab.devices``)."""
+        return resolve_device(device)
 
     # -- the round --------------------------------------------------------------------
 
     def run_round(self, round: int) -> RoundReport:
         """Run round ``round``: local steps, then each exchange's send, observe, receive."""
-        plan = self.protocol.plan(round)
+        plan = self._plan(round)
         batch_loss = None
         if self.protocol.trains:
             losses = [self._train(round, step) for step in range(self.training.local_steps)]
-            batch_loss = torch.stack(losses).mean(dim=0)
+            batch_loss = torch.stack(losses).mean(dim=0).cpu()
         sent: dict[str, torch.Tensor] = {}
         for exchange in range(self.protocol.exchanges):
             params = self.params
@@ -182,8 +198,18 @@ class Engine(abc.ABC):
             self._receive(params, messages, plan, round, exchange)
             check_received(self.protocol, params, self.params, round, exchange)
             for kind, size in self._sent_bytes(messages).items():
+                size = size.cpu()
                 sent[kind] = sent[kind] + size if kind in sent else size
         return RoundReport(round, sent, batch_loss, self.context.drain())
+
+    def _plan(self, round: int) -> object:
+        """The protocol's plan of ``round`` on the engine's device (``on_device``); a plan
+        object the protocol returns again (a static topology's) is moved once."""
+        plan = self.protocol.plan(round)
+        last = self._last_plan
+        if last is None or last[0] is not plan:
+            last = self._last_plan = (plan, on_device(plan, self.device))
+        return last[1]
 
     def _deliver(self, messages: Messages, round: int, exchange: int) -> Messages:
         """The messages as their receivers get them: as sent, in one process (the
@@ -238,6 +264,10 @@ class Engine(abc.ABC):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, torch.Tensor]:
+        """Per-node metrics on the CPU (see ``_evaluate``)."""
+        return {name: values.cpu() for name, values in self._evaluate().items()}
+
+    def _evaluate(self) -> dict[str, torch.Tensor]:
         """Per-node metrics: test_accuracy (with a test set) and train_loss ``[k]`` of the
         evaluated nodes ``eval_nodes``, consensus_distance ``[n]`` of every node
         (``metric_nodes`` says which nodes a metric's values belong to).
@@ -309,6 +339,7 @@ class VectorizedEngine(Engine):
         self._gradient = stacked_gradient(self.model, self.spec)
         self._optimizer = StackedSGD(self.training.sgd)
         self._X_rows = self.X.reshape(len(self.X), -1)  # index_select on rows beats X[batch]
+        self._eval_rows = self.eval_nodes.to(self.device)
         self._grads = torch.empty_like(self._params)
         self._eval_budget = eval_budget
         self._activation_bytes = 4 * max(activation_sizes(self.model, self.X[:1]))
@@ -350,7 +381,7 @@ class VectorizedEngine(Engine):
         ``[n, D]`` tensor itself when every node is evaluated)."""
         if self.evaluates_all_nodes:
             return self._params
-        return self._params.index_select(0, self.eval_nodes)
+        return self._params.index_select(0, self._eval_rows)
 
     def _node_block(self, samples: int) -> int:
         """Nodes per evaluation block on ``samples`` samples each, within the budget."""
@@ -364,8 +395,8 @@ class VectorizedEngine(Engine):
         # two activation buffers, reused by every layer of every block (fresh tensors of
         # this size made the MLP's evaluation about 1.5x slower)
         size = min(block, len(params)) * chunk * (self._activation_bytes // 4)
-        buffers = (torch.empty(size), torch.empty(size))
-        correct = torch.zeros(len(params))
+        buffers = (torch.empty(size, device=self.device), torch.empty(size, device=self.device))
+        correct = torch.zeros(len(params), device=self.device)
         for samples in self.test_indices.split(chunk):
             x = self._X_rows.index_select(0, samples).view(len(samples), *self.X.shape[1:])
             y = self.y.index_select(0, samples)
@@ -422,8 +453,17 @@ class VectorizedEngine(Engine):
 class LoopEngine(Engine):
     """One ``nn.Module`` and one ``torch.optim.SGD`` per node: the slow reference.
 
-    Under a protocol that does not train, each node holds its state row instead.
+    Under a protocol that does not train, each node holds its state row instead. It runs
+    on the CPU (``device: auto`` means the CPU here; asking it for a GPU is an error).
     """
+
+    def _device(self, device: str | torch.device) -> torch.device:
+        if str(device) != "auto" and resolve_device(device).type != "cpu":
+            raise PrivlabError(
+                f"engine 'loop' (the per-node reference) runs on the CPU only, got device "
+                f"{str(device)!r}; use engine: vectorized on a GPU"
+            )
+        return torch.device("cpu")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 import privlab.mechanisms  # noqa: F401  (registers the protocols)
 from privlab.config import DataConfig, ExperimentConfig
 from privlab.data import make_federated
+from privlab.devices import resolve_device
 from privlab.distributed import PeerFailure  # also registers the distributed engine
 from privlab.engine import ENGINES, Engine
 from privlab.errors import PrivlabError, fields_named
@@ -80,6 +81,7 @@ def build(
     and ``wrap_gradient`` (a wrapper around the configured gradient mechanism).
     """
     c = config
+    resolve_device(c.device)  # a GPU that is not there is refused before any work
     if data is None:
         check_fits(estimate(c))
         data = federated_data(c)
@@ -131,6 +133,7 @@ def build(
             gradient=gradient,
             eval_nodes=c.evaluation.nodes,
             eval_test_samples=c.evaluation.test_samples,
+            device=c.device,
         )
     ledger = PrivacyLedger(num_nodes, c.privacy.accountant, c.privacy.delta)
     return Experiment(c, data, model, topology, protocol, gradient, engine, observer, ledger)

@@ -38,10 +38,18 @@ def distributed_config(config: ExperimentConfig) -> ExperimentConfig:
     return parse_config({**config.to_dict(), "engine": "distributed"})
 
 
+def backend() -> str:
+    """gloo for CPU tensors, and NCCL for CUDA tensors where torch has both a GPU and NCCL
+    (one process group: each collective takes the backend of its tensors' device)."""
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
 def join(timeout: float = TIMEOUT_S, init_method: str = "env://", rank=None, world=None) -> None:
-    """Join the gloo process group (torchrun's environment by default)."""
+    """Join the process group (torchrun's environment by default) on ``backend()``."""
     dist.init_process_group(
-        "gloo",
+        backend(),
         init_method=init_method,
         rank=int(os.environ["RANK"]) if rank is None else rank,
         world_size=int(os.environ["WORLD_SIZE"]) if world is None else world,

@@ -28,7 +28,9 @@ def csr_matrix(
         if not bool((key[1:] >= key[:-1]).all()):
             order = torch.argsort(key, stable=True)
             rows, cols, values = rows[order], cols[order], values[order]
-    crow = torch.searchsorted(rows, torch.arange(shape[0] + 1, dtype=rows.dtype))
+    crow = torch.searchsorted(
+        rows, torch.arange(shape[0] + 1, dtype=rows.dtype, device=rows.device)
+    )
     with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
@@ -51,9 +53,10 @@ class CommPlan:
 
     Directed edges are unique, carry no self edge, and are sorted by (dst, src). The
     receiver ``dst`` puts ``weight`` on the model of ``src`` and ``self_weight`` on its own,
-    so one gossip step is ``W @ P`` (Lian et al., 2017, Algorithm 1). The tensors live on
-    the CPU and are shared (a static topology returns one cached plan): treat them as
-    read-only. :meth:`from_edges` builds a plan from edges in any order.
+    so one gossip step is ``W @ P`` (Lian et al., 2017, Algorithm 1). Topologies build
+    plans on the CPU; the engine moves them to its device (``to``). The tensors are
+    shared (a static topology returns one cached plan): treat them as read-only.
+    :meth:`from_edges` builds a plan from edges in any order.
     """
 
     num_nodes: int
@@ -113,6 +116,17 @@ class CommPlan:
         return cls(num_nodes, src_t[order], dst_t[order], weight_t[order], self_t)
 
     @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    def to(self, device: torch.device) -> CommPlan:
+        """This plan on ``device`` (itself when it is there already)."""
+        if self.device == device:
+            return self
+        moved = (t.to(device) for t in (self.src, self.dst, self.weight, self.self_weight))
+        return CommPlan(self.num_nodes, *moved)
+
+    @property
     def num_edges(self) -> int:
         """Number of directed edges (an undirected edge counts twice)."""
         return self.src.numel()
@@ -126,9 +140,9 @@ class CommPlan:
         The CSR matrix stores every diagonal entry, even a zero one: nnz = E + n.
         """
         n = self.num_nodes
-        diag = torch.arange(n)
+        diag = torch.arange(n, device=self.device)
         if layout == "dense":
-            matrix = torch.zeros(n, n, dtype=dtype)
+            matrix = torch.zeros(n, n, dtype=dtype, device=self.device)
             matrix[self.dst, self.src] = self.weight.to(dtype)
             matrix[diag, diag] = self.self_weight.to(dtype)
             return matrix

@@ -138,7 +138,7 @@ class Messages:
     def entries(self) -> torch.Tensor:
         """Number of coordinates each message carries ``[E]`` (padding excluded)."""
         if self.indices is None:
-            return torch.full((len(self),), self.width, dtype=torch.int64)
+            return torch.full((len(self),), self.width, dtype=torch.int64, device=self.src.device)
         return (self.indices >= 0).sum(dim=1)
 
     def flat_positions(self, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +165,9 @@ class Messages:
     def bytes_by_sender(self, num_nodes: int) -> dict[str, torch.Tensor]:
         """Bytes each node sent ``[n]``, by kind: payload, indices, metadata."""
         return {
-            kind: torch.zeros(num_nodes, dtype=torch.int64).index_add_(0, self.src, size)
+            kind: torch.zeros(num_nodes, dtype=torch.int64, device=self.src.device).index_add_(
+                0, self.src, size
+            )
             for kind, size in self.bytes_per_message().items()
         }
 
@@ -276,7 +278,8 @@ def weighted_inbox_sum(messages: Messages, weight: torch.Tensor, num_nodes: int)
         raise PrivlabError("weighted_inbox_sum needs whole-model messages (no indices)")
     rows = messages.rows
     if rows is None:
-        out = torch.zeros(num_nodes, messages.width, dtype=messages.payload.dtype)
+        payload = messages.payload
+        out = torch.zeros(num_nodes, messages.width, dtype=payload.dtype, device=payload.device)
         return out.index_add_(0, messages.dst, weight.unsqueeze(1) * messages.payload)
     return sparse_matmul(_inbox_matrix(messages.dst, messages.src, weight, num_nodes, rows), rows)
 

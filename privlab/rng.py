@@ -72,7 +72,7 @@ def _occurrence(ids: torch.Tensor) -> torch.Tensor:
     ordered = ids[order]
     starts = torch.ones_like(ordered, dtype=torch.bool)
     starts[1:] = ordered[1:] != ordered[:-1]
-    position = torch.arange(len(ids))
+    position = torch.arange(len(ids), device=ids.device)
     group_start = torch.cummax(torch.where(starts, position, 0), dim=0).values
     occurrence = torch.empty_like(ids)
     occurrence[order] = position - group_start
@@ -87,10 +87,15 @@ class NodeStreams:
     base, computed for all nodes in one vectorized step. Uniforms are that seed's
     SplitMix64 stream, computed for all nodes at once; normals come from a
     ``torch.Generator`` seeded per node.
+
+    Draws are returned on ``device``. Uniforms are computed there (exact integer
+    arithmetic: the same bits on every device); normals are drawn on the CPU and copied,
+    so one seed gives the same numbers on every device (``privlab.devices``).
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, device: str | torch.device = "cpu"):
         self.seed = int(seed)
+        self.device = torch.device(device)
         self._generator = torch.Generator()
         self._purposes: dict[str, int] = {}
 
@@ -130,9 +135,11 @@ class NodeStreams:
         self, purpose: str, round: int, step: int, nodes: Sequence[int], size: int
     ) -> torch.Tensor:
         """The integers ``2^24 u`` in [0, 2^24) (int64) of ``uniform``'s numbers ``u``."""
-        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
+        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1).to(self.device)
         seeds = self._seeds(purpose, round, step, ids)
-        counters = _occurrence(ids).unsqueeze(1) * size + torch.arange(1, size + 1)
+        counters = _occurrence(ids).unsqueeze(1) * size + torch.arange(
+            1, size + 1, device=self.device
+        )
         bits = _splitmix64_torch(counters.mul_(_int64(_GOLDEN)).add_(seeds.unsqueeze(1)))
         return (bits >> 40).bitwise_and_(2**24 - 1)
 
@@ -145,10 +152,10 @@ class NodeStreams:
         size: int,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """``[len(nodes), size]`` standard normals: row ``r`` from node ``nodes[r]``'s own
-        generator (see ``_fill``)."""
+        """``[len(nodes), size]`` standard normals on ``device``: row ``r`` from node
+        ``nodes[r]``'s own generator (see ``_fill``)."""
         out = torch.empty(len(nodes), size, dtype=dtype)
-        return self._fill(out, purpose, round, step, nodes)
+        return self._fill(out, purpose, round, step, nodes).to(self.device)
 
     def _fill(
         self,
@@ -161,7 +168,7 @@ class NodeStreams:
         """Fill row ``r`` of ``out`` from node ``nodes[r]``'s stream. A node listed several
         times (one row per edge it sends on) fills all its rows, in order, as one block of
         its stream."""
-        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1)
+        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1).cpu()
         if len(ids) == 0:
             return out
         if len(ids) == 1 or bool((ids[1:] > ids[:-1]).all()):  # distinct, sorted: row by row

@@ -486,12 +486,14 @@ class Observer:
         cannot alter them).
 
         A message to a curious node on an eavesdropped link is recorded once per party.
+        The log is on the CPU, whatever the device of the messages.
         """
         if not self.watches(round):
             return
-        by_node = torch.isin(messages.dst, self._curious)
-        by_link = torch.isin(messages.src * self._num_nodes + messages.dst, self._links)
-        parts = [(by_node, self._party_of_node[messages.dst[by_node]])]
+        src, dst = messages.src.cpu(), messages.dst.cpu()
+        by_node = torch.isin(dst, self._curious)
+        by_link = torch.isin(src * self._num_nodes + dst, self._links)
+        parts = [(by_node, self._party_of_node[dst[by_node]])]
         if self.threat_model.eavesdropped_links:
             parts.append((by_link, torch.full((int(by_link.sum()),), self._eavesdropper)))
         rows = [(mask, party) for mask, party in parts if bool(mask.any())]
@@ -511,7 +513,7 @@ def _stack_observation(
 
     def gather(part) -> torch.Tensor | None:
         values = [part(m) for m in seen]
-        return None if values[0] is None else torch.cat(values).clone()
+        return None if values[0] is None else torch.cat(values).cpu()  # a copy
 
     return Observation(
         round=round,

@@ -47,10 +47,11 @@ def make_engine(
     observer: Observer | None = None,
     gradient=None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ):
     """An engine of ``kind`` ("vectorized" or "loop") on a small digits federation."""
     data = make_federated(dataset, nodes, seed=seed)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_model(
             model,
@@ -62,7 +63,15 @@ def make_engine(
     topo = build_topology(topology, nodes, seed=seed, **options)
     training = training or LocalTraining(batch_size=8, sgd=SGDConfig(lr=0.1))
     return ENGINES[kind](
-        net, data, topo, protocol, training, seed=seed, observer=observer, gradient=gradient
+        net,
+        data,
+        topo,
+        protocol,
+        training,
+        seed=seed,
+        observer=observer,
+        gradient=gradient,
+        device=device,
     )
 
 

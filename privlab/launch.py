@@ -55,7 +55,9 @@ def join(timeout: float = TIMEOUT_S, init_method: str = "env://", rank=None, wor
         world_size=int(os.environ["WORLD_SIZE"]) if world is None else world,
         timeout=timedelta(seconds=timeout),
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    share = max(1, (os.cpu_count() or 1) // dist.get_world_size())
+    limit = os.environ.get("OMP_NUM_THREADS", "")  # the user's cap, when set, holds
+    torch.set_num_threads(min(share, int(limit)) if limit.isdigit() and int(limit) else share)
 
 
 def run_rank(config: ExperimentConfig, out: str | Path | None, *, progress: bool = False):

@@ -73,6 +73,9 @@ def pair_seed(shared_secret: bytes, receiver: int, i: int, j: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared_secret)
 
 
+_CPU = torch.device("cpu")
+
+
 @PROTOCOLS.register("cesar")
 class Cesar(Protocol):
     """CESAR-style secure aggregation with sparsification ("CESAR-style": privlab's
@@ -120,6 +123,11 @@ class Cesar(Protocol):
     (``streams.node_seeds("cesar-keys", 0, 0, nodes)`` hashed with SHA-256): a 63-bit
     seed, not a secret. A real deployment draws private keys from OS randomness
     (``X25519PrivateKey.generate()``).
+
+    Devices: the key agreement, the ChaCha20 mask streams and the uint64 ring arithmetic
+    are host code, so CESAR computes on the CPU whatever the run's device: ``send`` takes
+    the state there and sends CPU messages, ``receive`` returns the new state on the
+    run's device. Only what the engine holds (the models, the training) is on the GPU.
     """
 
     def __init__(
@@ -144,7 +152,7 @@ class Cesar(Protocol):
         self._announced: tuple[int, torch.Tensor] | None = None  # (round, want[E, D])
 
     def initial_state(self, params: torch.Tensor) -> torch.Tensor:
-        self.sparsifier.sent(params)
+        self.sparsifier.sent(params.cpu())
         return params
 
     # -- keys ---------------------------------------------------------------------------
@@ -281,10 +289,14 @@ class Cesar(Protocol):
         return sent, encoded, wire
 
     def send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
+        """CPU messages, whatever ``state``'s device (see the class)."""
+        return self._send(state.cpu(), plan.to(_CPU), round, exchange)
+
+    def _send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         if exchange == 0:
             return self._key_exchange(plan)
         if exchange < self.exchanges - 1:
-            want = self.sparsifier.want(state, plan, round, self.context.streams)
+            want = self.sparsifier.want(state, plan, round, self.context.streams).cpu()
             return self._index_exchange(want, plan)
         sent, _, wire = self.masked(state, plan, round)
         want_count = self._wants(state, plan, round).sum(dim=1)
@@ -317,9 +329,16 @@ class Cesar(Protocol):
         """``want[E, D]``: the sets announced this round (TopK), else each edge's own."""
         if self._announced is not None and self._announced[0] == round:
             return self._announced[1]
-        return self.sparsifier.want(state, plan, round, self.context.streams)
+        return self.sparsifier.want(state, plan, round, self.context.streams).cpu()
 
     def receive(
+        self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
+    ) -> torch.Tensor:
+        """The new state on ``state``'s device, computed on the CPU (see the class)."""
+        new = self._receive(state.cpu(), messages, plan.to(_CPU), round, exchange)
+        return new.to(state.device)
+
+    def _receive(
         self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         if exchange < self.exchanges - 1:

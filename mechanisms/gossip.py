@@ -85,7 +85,7 @@ class EpidemicLearning(Protocol):
         self, params: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         n = plan.num_nodes
-        ones = torch.ones(len(messages), dtype=params.dtype)
+        ones = torch.ones(len(messages), dtype=params.dtype, device=params.device)
         received = torch.bincount(messages.dst, minlength=n).to(params.dtype)
         total = weighted_inbox_sum(messages, ones, n).add_(params)
         return total.div_(received.add_(1).unsqueeze(1))

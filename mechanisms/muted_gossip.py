@@ -355,12 +355,12 @@ class MutedGossip(Protocol):
         check(self.source < n, "source", f"a node id in [0, {n})", self.source)
 
     def initial_state(self, params: torch.Tensor) -> torch.Tensor:
-        state = torch.zeros(params.shape[0], 2)
+        state = torch.zeros(params.shape[0], 2, device=params.device)
         state[self.source] = 1.0
         return state
 
     def plan(self, round: int) -> MutedPlan:
-        base = self.context.topology.plan(round)
+        base = self.context.plan(round)
         n = base.num_nodes
         keep = base.src != base.dst
         src, dst = base.src[keep], base.dst[keep]
@@ -368,11 +368,11 @@ class MutedGossip(Protocol):
         dst = dst[order]
         degree = torch.bincount(src, minlength=n)
         first = torch.cumsum(degree, 0) - degree
-        nodes = torch.arange(n)
+        nodes = torch.arange(n, device=base.device)
         streams = self.context.streams
         draw = streams.uniform("muted-gossip", round, 0, nodes, 1)[:, 0].double()
         pick = torch.minimum((draw * degree).long(), (degree - 1).clamp(min=0))
-        target = torch.full((n,), -1, dtype=torch.int64)
+        target = torch.full((n,), -1, dtype=torch.int64, device=base.device)
         has = degree > 0
         target[has] = dst[first[has] + pick[has]]
         stay = streams.uniform("muted-gossip-mute", round, 0, nodes, 1)[:, 0] < self.mute
@@ -384,7 +384,7 @@ class MutedGossip(Protocol):
 
     def send(self, state: torch.Tensor, plan: MutedPlan, round: int, exchange: int) -> Messages:
         src = self._pushers(state, plan).nonzero().flatten()
-        return Messages(src, plan.target[src], torch.ones(len(src), 1))
+        return Messages(src, plan.target[src], torch.ones(len(src), 1, device=state.device))
 
     def receive(
         self, state: torch.Tensor, messages: Messages, plan: MutedPlan, round: int, exchange: int

@@ -124,10 +124,11 @@ class RelativeGaussian(GradientMechanism):
             )
 
     def _per_node(self, value: float | tuple[float, ...], field: str, n: int) -> torch.Tensor:
+        device = self.context.device
         if isinstance(value, tuple):
             check(len(value) == n, field, f"a float or {n} per-node values", f"{len(value)} values")
-            return torch.tensor(value, dtype=torch.float64)
-        return torch.full((n,), value, dtype=torch.float64)
+            return torch.tensor(value, dtype=torch.float64, device=device)
+        return torch.full((n,), value, dtype=torch.float64, device=device)
 
     def setup(self, context: RoundContext) -> None:
         super().setup(context)
@@ -141,7 +142,7 @@ class RelativeGaussian(GradientMechanism):
         self.events = self._events_by_sensitivity(context.dim)
         sizes, padded = context.node_sizes, context.node_indices
         check(bool((sizes >= 1).all()), "node sizes", ">= 1 for full-batch gradients", sizes)
-        real = torch.arange(padded.shape[1]).unsqueeze(0) < sizes.unsqueeze(1)
+        real = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < sizes.unsqueeze(1)
         # padding reads the node's first sample (a valid index) with weight 0
         self._indices = torch.where(real, padded, padded[:, :1])
         self._weights = real / sizes.unsqueeze(1).to(torch.float32)
@@ -249,7 +250,7 @@ def logreg_sensitivity(
     sizes = torch.as_tensor(node_sizes).to(torch.int64)
     padded = torch.as_tensor(node_indices).to(torch.int64)
     check(bool((sizes >= 1).all()), "node sizes", ">= 1", sizes.tolist())
-    real = torch.arange(padded.shape[1]).unsqueeze(0) < sizes.unsqueeze(1)
+    real = torch.arange(padded.shape[1], device=padded.device).unsqueeze(0) < sizes.unsqueeze(1)
     norms = (X.pow(2).sum(dim=1) + 1.0).sqrt()
     per_sample = torch.where(real, norms[padded.clamp(min=0)], 0.0)
     G = math.sqrt(2.0) * per_sample.max(dim=1).values

@@ -133,7 +133,7 @@ class Shatter(Protocol):
         )
         check(k <= dim, "virtual_nodes", f"<= the model's {dim} coordinates", k)
         self.layers = self._layer_sizes(context)
-        self.chunk_indices = self._chunks(dim)
+        self.chunk_indices = self._chunks(dim).to(context.device)
         self._cache: tuple[int, ShatterPlan] | None = None
 
     def _layer_sizes(self, context: RoundContext) -> list[int]:
@@ -215,8 +215,8 @@ class Shatter(Protocol):
         n, dim = state.shape
         valid, flat = messages.flat_positions(dim)
         total = state.flatten().clone().index_add_(0, flat, messages.payload[valid])
-        count = torch.ones(n * dim, dtype=state.dtype).index_add_(
-            0, flat, torch.ones(len(flat), dtype=state.dtype)
+        count = torch.ones(n * dim, dtype=state.dtype, device=state.device).index_add_(
+            0, flat, torch.ones(len(flat), dtype=state.dtype, device=state.device)
         )
         return (total / count).view(n, dim)
 

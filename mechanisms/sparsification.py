@@ -44,7 +44,7 @@ def sparse_count(fraction: float, dim: int) -> int:
 
 def _top_mask(scores: torch.Tensor, m: int) -> torch.Tensor:
     """Boolean mask of the ``m`` largest scores of each row."""
-    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     return mask.scatter_(1, torch.topk(scores, m, dim=1).indices, True)
 
 
@@ -143,8 +143,9 @@ class SparseDPSGD(Protocol):
         weight = edge_weight(plan, messages.src, messages.dst).to(torch.float64)
         weight = weight.unsqueeze(1).expand_as(messages.indices)[valid]
         values = messages.payload.to(torch.float64)[valid] * weight
-        weighted = torch.zeros(n * dim, dtype=torch.float64).index_add_(0, flat, values)
-        weights = torch.zeros(n * dim, dtype=torch.float64).index_add_(0, flat, weight)
+        zeros = torch.zeros(n * dim, dtype=torch.float64, device=state.device)
+        weighted = zeros.clone().index_add_(0, flat, values)
+        weights = zeros.index_add_(0, flat, weight)
         self_weight = plan.self_weight.to(torch.float64).unsqueeze(1)
         return renormalised(state, self_weight, weighted.view(n, dim), weights.view(n, dim))
 

@@ -93,7 +93,7 @@ class ZipDL(Protocol):
         then its self term.
         """
         n = plan.num_nodes
-        owners = torch.cat([plan.src, torch.arange(n)])
+        owners = torch.cat([plan.src, torch.arange(n, device=plan.src.device)])
         draws = self.context.streams.normal(PURPOSE, round, exchange, owners, dim, dtype)
         draws.mul_(self.noise_std())
         edge, own = draws[: plan.num_edges], draws[plan.num_edges :]

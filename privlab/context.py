@@ -17,6 +17,7 @@ from torch import nn
 
 from privlab.accounting.events import PrivacyEvent
 from privlab.errors import PrivlabError
+from privlab.plan import CommPlan
 from privlab.rng import NodeStreams
 from privlab.topology import Topology
 from privlab.training import LocalTraining
@@ -64,10 +65,20 @@ class RoundContext:
     """The per-sample clipping bound of the gradient mechanism (None: no clipping)."""
     emitted: Emissions = field(default_factory=Emissions)
 
+    _plan_moved: tuple[CommPlan, CommPlan] | None = field(default=None, repr=False)
+
     @property
     def device(self) -> torch.device:
         """Where the run computes (``privlab.devices``)."""
         return self.streams.device
+
+    def plan(self, round: int) -> CommPlan:
+        """The topology's plan of ``round`` on ``device`` (a static topology's plan, the
+        same object every round, is moved once)."""
+        plan = self.topology.plan(round)
+        if self._plan_moved is None or self._plan_moved[0] is not plan:
+            self._plan_moved = (plan, plan.to(self.device))
+        return self._plan_moved[1]
 
     @property
     def lr(self) -> float:

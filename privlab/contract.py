@@ -42,12 +42,20 @@ def check_sent(
 def check_received(
     protocol: Protocol, before: torch.Tensor, after: object, round: int, exchange: int
 ) -> None:
-    """``receive`` returned a state of the same shape, finite wherever the state it was
-    given was finite (a state already non-finite is training's divergence, not this)."""
+    """``receive`` returned a state of the same shape, on the same device, finite wherever
+    the state it was given was finite (a state already non-finite is training's divergence, not this)."""
     if not isinstance(after, torch.Tensor) or after.shape != before.shape:
         shape = tuple(after.shape) if isinstance(after, torch.Tensor) else type(after).__name__
         raise broken(
             protocol, round, exchange, f"receive returned {shape}, expected {tuple(before.shape)}"
+        )
+    if after.device != before.device:
+        raise broken(
+            protocol,
+            round,
+            exchange,
+            f"receive returned a state on {after.device}, the run is on {before.device} "
+            "(create tensors on state.device)",
         )
     if not all_finite(after) and all_finite(before):
         raise broken(protocol, round, exchange, "receive returned non-finite values")

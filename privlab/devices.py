@@ -15,11 +15,12 @@ logs. Design decision: reproducibility across devices outweighs the cost of the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from privlab.errors import PrivlabError
+
+if TYPE_CHECKING:  # torch loads on first use: the config parses before torch is imported
+    import torch
 
 CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:K' (K a GPU index)"
 
@@ -27,6 +28,8 @@ CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:K' (K a GPU index)"
 def resolve_device(spec: str | torch.device) -> torch.device:
     """The ``torch.device`` that ``spec`` names on this machine (``PrivlabError`` when
     the form is not one of ``CHOICES`` or the GPU is not there)."""
+    import torch
+
     spec = str(spec)
     try:
         check_device_name(spec)

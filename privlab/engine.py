@@ -172,7 +172,8 @@ class Engine(abc.ABC):
             gradient.setup(self.context)
         self._last_plan: tuple[object, object] | None = None
         initial_models = self.spec.flatten(model).to(self.device).repeat(self.num_nodes, 1)
-        self.initial_state = protocol.initial_state(initial_models)
+        # a protocol's own state (a rumour's flags) may come from the CPU: moved here
+        self.initial_state = protocol.initial_state(initial_models).to(self.device)
 
     def _device(self, device: str | torch.device) -> torch.device:
         """Where this engine computes (``privlab.devices``)."""

@@ -230,7 +230,7 @@ class Protocol(abc.ABC):
         """Who may send to whom in ``round``: by default the topology's plan. A protocol
         may derive its own from ``self.context.topology`` (any object its ``send`` and
         ``receive`` understand)."""
-        return self.context.topology.plan(round)
+        return self.context.plan(round)
 
     @abc.abstractmethod
     def send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:

@@ -52,18 +52,19 @@ def shuffle_batches(
     """
     padded, own = padded_indices[nodes], sizes[nodes]
     k, m = padded.shape
+    positions = torch.arange(m, device=padded.device)
     width = min(batch_size, m)
     keys = streams.uniform_bits("batch", round, step, nodes.tolist(), m)  # 2^24 x uniform
     if int(own.min()) < m:  # padding sorts last
-        keys[torch.arange(m).unsqueeze(0) >= own.unsqueeze(1)] = 2**25
+        keys[positions.unsqueeze(0) >= own.unsqueeze(1)] = 2**25
     # the width smallest keys in increasing order, ties to the lower position (what a
     # stable argsort gives), by a partial sort of exact integer keys
-    ranked = keys.mul_(m).add_(torch.arange(m))
+    ranked = keys.mul_(m).add_(positions)
     positions = torch.topk(ranked, width, dim=1, largest=False, sorted=True).indices
     if int(own.min()) >= batch_size:
         return Batch(padded.gather(1, positions))
     drawn = own.clamp(max=batch_size).unsqueeze(1)
-    real = torch.arange(width).unsqueeze(0) < drawn
+    real = torch.arange(width, device=padded.device).unsqueeze(0) < drawn
     positions = torch.where(real, positions, 0)  # padding reads the node's first sample
     return Batch(padded.gather(1, positions), real / drawn.to(torch.float32))
 
@@ -86,10 +87,11 @@ def poisson_batches(
     padded, own, rate = padded_indices[nodes], sizes[nodes], rates[nodes]
     m = padded.shape[1]
     draws = streams.uniform("batch", round, step, nodes.tolist(), m)
-    kept = (draws < rate.unsqueeze(1)) & (torch.arange(m).unsqueeze(0) < own.unsqueeze(1))
+    columns = torch.arange(m, device=padded.device)
+    kept = (draws < rate.unsqueeze(1)) & (columns.unsqueeze(0) < own.unsqueeze(1))
     counts = kept.sum(dim=1)
     width = max(1, int(counts.max()))
     positions = (~kept).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
-    real = torch.arange(width).unsqueeze(0) < counts.unsqueeze(1)
+    real = columns[:width].unsqueeze(0) < counts.unsqueeze(1)
     positions = torch.where(real, positions, 0)
     return Batch(padded.gather(1, positions), real.to(torch.float32))

@@ -222,7 +222,15 @@ class Run:
 
 
 def run(
-    kind: str, factory, topology: Topo, *, seed=0, observe=None, gradient=None, model=None
+    kind: str,
+    factory,
+    topology: Topo,
+    *,
+    seed=0,
+    observe=None,
+    gradient=None,
+    model=None,
+    device="cpu",
 ) -> Run:
     """``ROUNDS`` rounds on a ``kind`` engine; ``observe(dim)`` makes its observer."""
     model_name, model_options = model or ("mlp", {"hidden": [16]})
@@ -237,6 +245,7 @@ def run(
         training=TRAINING,
         gradient=gradient,
         seed=seed,
+        device=device,
     )
     if observe is not None:  # the observer needs the model's width, known from the engine
         engine.observer = observe(engine.spec.dim)

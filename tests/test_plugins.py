@@ -37,7 +37,8 @@ class OnePeerGossip(Protocol):
 
     def receive(self, state, messages, plan, round, exchange):
         total = state.clone().index_add_(0, messages.dst, messages.payload)
-        count = torch.ones(len(state)).index_add_(0, messages.dst, torch.ones(len(messages)))
+        ones = torch.ones(len(state) + len(messages), device=state.device)
+        count = ones[: len(state)].index_add_(0, messages.dst, ones[len(state) :])
         return total / count.unsqueeze(1)
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
@@ -102,6 +103,24 @@ def test_a_custom_protocol_from_a_file_runs_on_both_engines(tmp_path):
         torch.load(tmp_path / e / "run" / "models.pt")["params"] for e in ("vectorized", "loop")
     ]
     assert (models[0] - models[1]).abs().max() < 1e-5
+
+
+def test_the_readme_protocol_runs_on_a_simulated_gpu_as_on_the_cpu(tmp_path, monkeypatch):
+    from conftest import make_engine
+    from test_device_runs import simulated_gpu
+
+    factory = PROTOCOLS[f"{write(tmp_path, 'one_peer.py', ONE_PEER)}:OnePeerGossip"]
+
+    def final_params(device: str) -> torch.Tensor:
+        engine = make_engine("vectorized", factory(), nodes=8, device=device)
+        for t in range(1, 4):
+            engine.run_round(t)
+        return engine.params.cpu()
+
+    on_cpu = final_params("cpu")
+    with simulated_gpu(monkeypatch):
+        on_gpu = final_params("cuda")
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=0, atol=1e-5)
 
 
 def test_a_module_path_loads_the_same_class():

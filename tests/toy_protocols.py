@@ -54,24 +54,25 @@ class PseudonymousChunks(Protocol):
     def __init__(self, chunks: int = 3):
         self.chunks = chunks
 
-    def _chunk_indices(self, dim: int) -> torch.Tensor:
+    def _chunk_indices(self, dim: int, device: torch.device) -> torch.Tensor:
         width = -(-dim // self.chunks)
-        idx = torch.arange(self.chunks * width).view(self.chunks, width)
+        idx = torch.arange(self.chunks * width, device=device).view(self.chunks, width)
         return torch.where(idx < dim, idx, torch.full_like(idx, -1))
 
     def send(self, params, plan, round, exchange):
         n, dim = params.shape
-        rank = torch.zeros(plan.num_edges, dtype=torch.int64)
+        rank = torch.zeros(plan.num_edges, dtype=torch.int64, device=params.device)
         for node in range(n):  # position of each edge among its sender's edges
             mine = (plan.src == node).nonzero().flatten()
-            rank[mine] = torch.arange(len(mine))
+            rank[mine] = torch.arange(len(mine), device=params.device)
         chunk = (rank + round) % self.chunks
-        indices = self._chunk_indices(dim)[chunk]
+        indices = self._chunk_indices(dim, params.device)[chunk]
         payload = torch.where(
             indices >= 0, params[plan.src.unsqueeze(1), indices.clamp(min=0)], 0.0
         )
         virtual = range(n * self.chunks)  # a random pseudonym per (node, chunk)
-        pseudonyms = torch.tensor(self.context.streams.node_seeds(self.name, round, 0, virtual))
+        seeds = self.context.streams.node_seeds(self.name, round, 0, virtual)
+        pseudonyms = torch.tensor(seeds, device=params.device)
         return Messages(
             plan.src,
             plan.dst,
@@ -86,7 +87,8 @@ class PseudonymousChunks(Protocol):
         valid = messages.indices >= 0
         flat = (messages.dst.unsqueeze(1) * dim + messages.indices.clamp(min=0))[valid]
         total = params.flatten().clone().index_add_(0, flat, messages.payload[valid])
-        count = torch.ones(n * dim).index_add_(0, flat, torch.ones(len(flat)))
+        ones = torch.ones(n * dim + len(flat), device=params.device)
+        count = ones[: n * dim].index_add_(0, flat, ones[n * dim :])
         return (total / count).view(n, dim)
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
@@ -106,28 +108,31 @@ class MaskedSum(Protocol):
     name = "toy-masked"
     frac_bits = 24
 
-    def send(self, params, plan, round, exchange):
+    def send(self, params, plan, round, exchange):  # host code: numpy on CPU copies
         encoded = torch.round(plan.weight.unsqueeze(1) * params[plan.src] * 2**self.frac_bits)
+        encoded, dst = encoded.cpu(), plan.dst.cpu()
         masks = np.empty(encoded.shape, dtype=np.uint64)
         partner = torch.arange(plan.num_edges)
         seeds = self.context.streams.node_seeds(self.name, round, exchange, range(plan.num_nodes))
         for node, seed in enumerate(seeds):  # masks among the senders to each receiver
-            mine = (plan.dst == node).nonzero().flatten()
+            mine = (dst == node).nonzero().flatten()
             partner[mine] = mine.roll(-1)  # next sender to the same receiver, cyclically
             masks[mine.numpy()] = np.random.default_rng(seed).integers(
                 0, 2**64, size=(len(mine), encoded.shape[1]), dtype=np.uint64
             )
         wire = encoded.numpy().astype(np.int64).view(np.uint64) + masks - masks[partner.numpy()]
-        return Messages(plan.src, plan.dst, torch.from_numpy(wire.view(np.int64)))
+        payload = torch.from_numpy(wire.view(np.int64)).to(params.device)
+        return Messages(plan.src, plan.dst, payload)
 
     def _decode(self, total: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(total.view(np.int64).astype(np.float64) / 2**self.frac_bits)
 
     def receive(self, params, messages, plan, round, exchange):
-        wire = messages.payload.numpy().view(np.uint64)
+        wire = messages.payload.cpu().numpy().view(np.uint64)
         total = np.zeros((plan.num_nodes, wire.shape[1]), dtype=np.uint64)
-        np.add.at(total, messages.dst.numpy(), wire)
-        return self._decode(total).float() + params * plan.self_weight.unsqueeze(1)
+        np.add.at(total, messages.dst.cpu().numpy(), wire)
+        aggregate = self._decode(total).float().to(params.device)
+        return aggregate + params * plan.self_weight.unsqueeze(1)
 
     def receive_node(self, node, own, inbox, plan, round, exchange):
         total = np.zeros(inbox.payload.shape[1], dtype=np.uint64)
@@ -146,14 +151,14 @@ class Rumor(Protocol):
         self.source = source
 
     def initial_state(self, params):
-        state = torch.zeros(params.shape[0], 1)
+        state = torch.zeros(params.shape[0], 1, device=params.device)
         state[self.source] = 1.0
         return state
 
     def send(self, params, plan, round, exchange):
         informed = params[plan.src, 0] > 0
         src, dst = plan.src[informed], plan.dst[informed]
-        return Messages(src, dst, torch.ones(len(src), 1))
+        return Messages(src, dst, torch.ones(len(src), 1, device=params.device))
 
     def receive(self, params, messages, plan, round, exchange):
         heard = torch.zeros_like(params).index_add_(0, messages.dst, messages.payload)
@@ -206,7 +211,7 @@ class VirtualPushes(Protocol):
 
     def plan(self, round):
         n, k = self.context.num_nodes, self.copies
-        nodes = torch.arange(n)
+        nodes = torch.arange(n, device=self.context.device)
         draws = self.context.streams.uniform("toy-virtual", round, 0, nodes, self.pushes)
         virtual = (draws * (n - 1) * k).long()  # among the (n - 1) * k others' virtual nodes
         virtual = virtual + k * (virtual // k >= nodes.unsqueeze(1))  # skip own virtual nodes
@@ -219,7 +224,7 @@ class VirtualPushes(Protocol):
 
     def receive(self, params, messages, plan, round, exchange):
         n = params.shape[0]
-        ones = torch.ones(len(messages))
+        ones = torch.ones(len(messages), device=params.device)
         total = weighted_inbox_sum(messages, ones, n).add_(params)
         return total / (torch.bincount(messages.dst, minlength=n) + 1).unsqueeze(1)
 

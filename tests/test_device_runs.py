@@ -1,0 +1,137 @@
+"""Every protocol and gradient mechanism runs on a GPU device: checked on a simulated
+CUDA device on the CPU (``simulated_device``), where a tensor left on the CPU raises as
+it would on a GPU, and on a real GPU where one is present.
+
+Each registered protocol (and each toy protocol of ``toy_protocols``, written like a
+user's plugin) and each registered gradient mechanism runs ``ROUNDS`` rounds with an
+observer and an evaluation, with ``device="cuda"``; the parameters, the reports (bytes,
+losses, emitted metrics), the evaluation and the observations must be those of the CPU
+run. A new registered component is covered without a new test.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import pytest
+import torch
+from simulated_device import simulated_cuda
+from test_contract import (
+    COALITION,
+    MECHANISM_CASES,
+    MODEL_NEEDS,
+    PROTOCOL_CASES,
+    assert_same_reports,
+    run,
+    topology_for,
+    training_protocol,
+)
+from test_engine import TOLERANCE
+
+from privlab.gradient import GRADIENT_MECHANISMS
+from privlab.observe import Observer, threat_model_from
+
+
+def observe(dim: int) -> Observer:
+    threat = threat_model_from(curious_nodes=COALITION, colluding=True)
+    return Observer(threat, 8, dim)
+
+
+def device_run(device: str, factory, topology, **kwargs):
+    """``run`` on ``device``, then an evaluation; what is compared comes back on the CPU."""
+    result = run("vectorized", factory, topology, observe=observe, device=device, **kwargs)
+    evaluation = result.engine.evaluate()
+    observations = list(result.engine.observer.log.observations)
+    return result.params.cpu(), result.reports, evaluation, observations
+
+
+@contextmanager
+def simulated_gpu(monkeypatch):
+    """A CUDA device simulated on the CPU (torch is told that one GPU is visible)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: True)
+        patch.setattr(torch.cuda, "device_count", lambda: 1)
+        with simulated_cuda():
+            yield
+
+
+@pytest.fixture(params=["simulated", "real"])
+def on_gpu(request, monkeypatch):
+    """What enters the GPU: the simulated one, or this machine's (skipped without one)."""
+    if request.param == "real":
+        if not torch.cuda.is_available():
+            pytest.skip("no GPU on this machine")
+        return nullcontext
+    return lambda: simulated_gpu(monkeypatch)
+
+
+def assert_same_runs(gpu, on_cpu) -> None:
+    """Equal up to floating-point reassociation (GPU kernels, torch's sparse product)."""
+    params, reports, evaluation, observations = gpu
+    cpu_params, cpu_reports, cpu_evaluation, cpu_observations = on_cpu
+    assert params.device.type == "cpu"
+    torch.testing.assert_close(params, cpu_params, rtol=0, atol=TOLERANCE)
+    assert_same_reports(reports, cpu_reports, exact=False)
+    assert set(evaluation) == set(cpu_evaluation)
+    for name, values in evaluation.items():
+        assert values.device.type == "cpu"
+        torch.testing.assert_close(values, cpu_evaluation[name], rtol=0, atol=1e-4)
+    assert len(observations) == len(cpu_observations)
+    for seen, cpu_seen in zip(observations, cpu_observations):
+        assert (seen.round, seen.exchange) == (cpu_seen.round, cpu_seen.exchange)
+        assert torch.equal(seen.true_sender, cpu_seen.true_sender)
+        assert seen.payload.device.type == "cpu"
+        torch.testing.assert_close(seen.payload, cpu_seen.payload, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_CASES))
+def test_every_protocol_runs_on_the_gpu_as_on_the_cpu(name, on_gpu):
+    factory = PROTOCOL_CASES[name]
+    topology = topology_for(name, factory)
+    on_cpu = device_run("cpu", factory, topology)
+    with on_gpu():
+        gpu = device_run("cuda", factory, topology)
+    assert_same_runs(gpu, on_cpu)
+
+
+@pytest.mark.parametrize("name", MECHANISM_CASES, ids=lambda name: name or "none")
+def test_every_gradient_mechanism_runs_on_the_gpu_as_on_the_cpu(name, on_gpu):
+    protocol = training_protocol()
+    factory, topology = PROTOCOL_CASES[protocol], topology_for(protocol, PROTOCOL_CASES[protocol])
+
+    def mechanism():
+        return None if name is None else GRADIENT_MECHANISMS[name]()
+
+    model = MODEL_NEEDS.get(name)
+    on_cpu = device_run("cpu", factory, topology, gradient=mechanism(), model=model)
+    with on_gpu():
+        gpu = device_run("cuda", factory, topology, gradient=mechanism(), model=model)
+    assert_same_runs(gpu, on_cpu)
+
+
+def test_the_simulated_device_catches_a_tensor_left_on_the_cpu(monkeypatch):
+    """The check above can fail: a protocol that adds CPU noise to device states raises."""
+    from toy_protocols import PerReceiverNoise
+
+    class CpuNoise(PerReceiverNoise):
+        def send(self, state, plan, round, exchange):
+            return super().send(state + torch.zeros(state.shape[1]), plan, round, exchange)
+
+    topology = topology_for("toy-noise", PerReceiverNoise)
+    with simulated_gpu(monkeypatch), pytest.raises(RuntimeError, match="same device"):
+        run("vectorized", CpuNoise, topology, device="cuda")
+
+
+def test_a_state_returned_on_the_cpu_is_named_as_a_broken_contract(monkeypatch):
+    from toy_protocols import PerReceiverNoise
+
+    from privlab.errors import PrivlabError
+
+    class CpuState(PerReceiverNoise):
+        def receive(self, params, messages, plan, round, exchange):
+            return super().receive(params, messages, plan, round, exchange).cpu()
+
+    topology = topology_for("toy-noise", PerReceiverNoise)
+    message = "receive returned a state on cpu, the run is on cuda:0"
+    with simulated_gpu(monkeypatch), pytest.raises(PrivlabError, match=message):
+        run("vectorized", CpuState, topology, device="cuda")

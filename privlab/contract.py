@@ -43,7 +43,8 @@ def check_received(
     protocol: Protocol, before: torch.Tensor, after: object, round: int, exchange: int
 ) -> None:
     """``receive`` returned a state of the same shape, on the same device, finite wherever
-    the state it was given was finite (a state already non-finite is training's divergence, not this)."""
+    the state it was given was finite (a state already non-finite is training's
+    divergence, not this)."""
     if not isinstance(after, torch.Tensor) or after.shape != before.shape:
         shape = tuple(after.shape) if isinstance(after, torch.Tensor) else type(after).__name__
         raise broken(

@@ -69,6 +69,7 @@ class DistributedEngine(VectorizedEngine):
         self.bounds = block_bounds(self.num_nodes, self.world)
         self.lo, self.hi = self.bounds[self.rank]
         self.block = torch.arange(self.lo, self.hi)
+        self.context.streams.normal_block = (self.lo, self.hi)  # its own nodes' noise only
         self.owner = torch.cat(
             [torch.full((hi - lo,), r, dtype=torch.int64) for r, (lo, hi) in enumerate(self.bounds)]
         ).to(self.device)

@@ -263,12 +263,13 @@ def train(experiment: Experiment, *, progress: bool = True) -> Results:
 
 
 def final_models(experiment: Experiment, round: int) -> dict[str, Any]:
-    """Every node's parameters ``[n, D]`` after ``round``, with the model's name, options,
-    input shape and classes (rebuild with ``Results.node_model``), as plain values that
-    load with ``torch.load(..., weights_only=True)``."""
+    """Every node's parameters ``[n, D]`` after ``round`` (on the CPU, whatever the run's
+    device), with the model's name, options, input shape and classes (rebuild with
+    ``Results.node_model``), as plain values that load with
+    ``torch.load(..., weights_only=True)``."""
     c, dataset = experiment.config, experiment.data.dataset
     return {
-        "params": experiment.engine.params.detach().clone(),
+        "params": experiment.engine.params.detach().to("cpu", copy=True),
         "round": round,
         "model": {
             "name": c.model.name,

@@ -96,6 +96,10 @@ class NodeStreams:
     def __init__(self, seed: int, device: str | torch.device = "cpu"):
         self.seed = int(seed)
         self.device = torch.device(device)
+        self.normal_block: tuple[int, int] | None = None
+        """Nodes ``[lo, hi)`` whose normals this process draws (a distributed rank sets its
+        block: the noise of other processes' nodes is theirs to draw); the rows of other
+        nodes are zeros, never read. None: every node."""
         self._generator = torch.Generator()
         self._purposes: dict[str, int] = {}
 
@@ -153,9 +157,19 @@ class NodeStreams:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """``[len(nodes), size]`` standard normals on ``device``: row ``r`` from node
-        ``nodes[r]``'s own generator (see ``_fill``)."""
-        out = torch.empty(len(nodes), size, dtype=dtype)
-        return self._fill(out, purpose, round, step, nodes).to(self.device)
+        ``nodes[r]``'s own generator (see ``_fill``); zeros for a node outside
+        ``normal_block``."""
+        if self.normal_block is None:
+            out = torch.empty(len(nodes), size, dtype=dtype)
+            return self._fill(out, purpose, round, step, nodes).to(self.device)
+        ids = torch.as_tensor(nodes, dtype=torch.int64).reshape(-1).cpu()
+        lo, hi = self.normal_block
+        drawn = ((ids >= lo) & (ids < hi)).nonzero().flatten()
+        out = torch.zeros(len(ids), size, dtype=dtype)
+        if len(drawn):  # a node's rows are all in or all out: its blocks of draws keep
+            own = torch.empty(len(drawn), size, dtype=dtype)
+            out[drawn] = self._fill(own, purpose, round, step, ids[drawn])
+        return out.to(self.device)
 
     def _fill(
         self,

@@ -135,3 +135,73 @@ def test_a_state_returned_on_the_cpu_is_named_as_a_broken_contract(monkeypatch):
     message = "receive returned a state on cpu, the run is on cuda:0"
     with simulated_gpu(monkeypatch), pytest.raises(PrivlabError, match=message):
         run("vectorized", CpuState, topology, device="cuda")
+
+
+RUN = {
+    "nodes": 8,
+    "rounds": 3,
+    "eval_every": 2,
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"batch_size": 8, "local_steps": 2},
+    "observer": {"curious_nodes": [0, 5]},
+}
+"""A whole run: metrics, ledger, observations and models written like any run."""
+WHOLE_RUNS = {
+    "dp-sgd": {"gradient": {"name": "dp-sgd", "noise_multiplier": 1.0}},
+    "zipdl": {"protocol": {"name": "zipdl", "noise_multiplier": 0.5}},
+    "cesar": {"protocol": {"name": "cesar", "sparsifier": "topk"}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_RUNS))
+def test_a_whole_run_on_the_gpu_writes_the_cpu_runs_folder(name, on_gpu, tmp_path):
+    from privlab.config import parse_config
+    from privlab.experiment import run as run_experiment
+    from privlab.results import load_run
+
+    config = {**RUN, **WHOLE_RUNS[name]}
+    on_cpu = run_experiment(parse_config(config), progress=False)
+    with on_gpu():
+        gpu = run_experiment(parse_config({**config, "device": "cuda"}), progress=False)
+    gpu.save(tmp_path)
+    saved = load_run(tmp_path)
+    assert saved.models["params"].device.type == "cpu"
+    torch.testing.assert_close(saved.models["params"], on_cpu.models["params"], rtol=0, atol=1e-5)
+    cpu_metrics = on_cpu.metrics.set_index(["round", "node", "metric"])["value"]
+    gpu_metrics = saved.metrics.set_index(["round", "node", "metric"])["value"]
+    assert set(gpu_metrics.index) == set(cpu_metrics.index)
+    assert (gpu_metrics - cpu_metrics).abs().max() < 1e-4
+    assert len(saved.observations) == len(on_cpu.observations)
+
+
+def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_path):
+    """One rank of the distributed engine (a process group of one, in this process): its
+    exchange, gathers and reductions run on the simulated GPU as on the CPU."""
+    import torch.distributed as dist
+
+    from privlab.launch import join
+    from privlab.protocol import PROTOCOLS
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already up in this process")
+    threads = torch.get_num_threads()  # join sets the rank's share; restored below
+    join(timeout=30, init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world=1)
+    try:
+        from conftest import make_engine
+
+        def final_params(device: str) -> torch.Tensor:
+            engine = make_engine("distributed", PROTOCOLS["zipdl"](), nodes=8, device=device)
+            for t in range(1, 4):
+                engine.run_round(t)
+            engine.evaluate()
+            assert engine.non_finite_nodes() == 0 and not engine.agree_to_stop(False)
+            return engine.params.cpu()
+
+        on_cpu = final_params("cpu")
+        with simulated_gpu(monkeypatch):
+            monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+            gpu = final_params("cuda")
+        torch.testing.assert_close(gpu, on_cpu, rtol=0, atol=1e-5)
+    finally:
+        dist.destroy_process_group()
+        torch.set_num_threads(threads)

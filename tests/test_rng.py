@@ -85,3 +85,20 @@ def test_uniforms_are_the_splitmix64_stream_of_each_nodes_seed():
     assert torch.equal(twice[[0, 2]].flatten(), streams.uniform("batch", 2, 1, [4], 6)[0])
     many = streams.uniform("batch", 0, 0, range(2000), 50)
     assert abs(float(many.mean()) - 0.5) < 0.01 and abs(float(many.var()) - 1 / 12) < 0.005
+
+
+def test_a_process_draws_the_normals_of_its_own_block_only():
+    """A distributed rank's streams (``normal_block``): its nodes' rows are the numbers
+    every process would draw for them, in the same per-node blocks; other nodes' rows are
+    zeros, not drawn."""
+    nodes = [5, 1, 3, 1, 5, 7, 2]  # nodes listed on several edges, in any order
+    everyone = NodeStreams(11).normal("noise", 2, 0, nodes, 4)
+    rank = NodeStreams(11)
+    rank.normal_block = (2, 6)
+    own = rank.normal("noise", 2, 0, nodes, 4)
+    mine = torch.tensor([2 <= v < 6 for v in nodes])
+    assert torch.equal(own[mine], everyone[mine])
+    assert not bool(own[~mine].any())
+    assert bool(own[mine].abs().gt(0).all())
+    rank.normal_block = (8, 9)  # none of these nodes
+    assert not bool(rank.normal("noise", 2, 0, nodes, 4).any())

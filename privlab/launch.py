@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 from datetime import timedelta
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
@@ -27,6 +29,9 @@ from privlab.errors import PrivlabError, check
 
 TIMEOUT_S = 60.0
 """Seconds a collective waits for a peer before the run fails (``--timeout``)."""
+SAVE_S = 30.0
+"""Seconds, beyond the timeout, that the other ranks get to save and exit once one rank
+has failed, before the launcher ends those still running."""
 
 
 class RankFailed(PrivlabError):
@@ -120,28 +125,59 @@ def run_processes(
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        while True:
-            try:
-                process.join()
-                break
-            except KeyboardInterrupt:  # the ranks got it too: they stop after the round
-                continue
+    silent = _join(processes, grace=timeout + SAVE_S)
     failed = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode != 0]
     if failed:
         reports = {}
         while not errors.empty():
             rank, message = errors.get()
             reports[rank] = message
-        raise RankFailed(_first_failure(failed, reports))
+        raise RankFailed(_first_failure(failed, reports, silent, timeout))
 
 
-def _first_failure(failed: list[tuple[int, int]], reports: dict[int, str]) -> str:
-    """A rank that died without a word (killed), else the first whose error is its own
-    and not a peer's failure."""
+def _join(processes: list, grace: float) -> list[int]:
+    """Wait for every process. Once one has failed, the others have ``grace`` seconds to
+    end (a peer that still answers fails within the collectives' timeout, and rank 0
+    saves the run), or none once rank 0 has ended (nobody else writes); those still
+    running then are terminated, so a rank that hangs cannot hold the launcher. Returns
+    the ranks terminated."""
+    running = dict(enumerate(processes))
+    deadline = None
+    while running:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            wait([p.sentinel for p in running.values()], timeout=left)
+        except KeyboardInterrupt:  # the ranks got it too: they stop after the round
+            continue
+        for rank, process in list(running.items()):
+            if not process.is_alive():
+                process.join()
+                del running[rank]
+                if process.exitcode != 0 and deadline is None:
+                    deadline = time.monotonic() + grace
+        if deadline is not None and 0 not in running:
+            deadline = time.monotonic()
+        if running and deadline is not None and time.monotonic() >= deadline:
+            for process in running.values():
+                process.terminate()
+                process.join()
+            return sorted(running)
+    return []
+
+
+def _first_failure(
+    failed: list[tuple[int, int]], reports: dict[int, str], silent: list[int], timeout: float
+) -> str:
+    """A rank that died without a word (killed), else one that stopped answering (ended
+    by the launcher), else the first whose error is its own and not a peer's failure."""
     for rank, code in failed:
-        if rank not in reports:
+        if rank not in reports and rank not in silent:
             return f"rank {rank} died (exit code {code}); the other ranks stopped"
+    if silent:
+        return (
+            f"rank {silent[0]} stopped answering (silent for over --timeout {timeout:g} s, "
+            "then ended); the other ranks stopped"
+        )
     own = {r: m for r, m in reports.items() if not m.startswith("PeerFailure")}
     rank = min(own or reports)
     return f"rank {rank} failed: {(own or reports)[rank]}"

@@ -1,10 +1,11 @@
-"""D-PSGD whose process of one rank dies, or gets a Ctrl-C, mid-run (the distributed
+"""D-PSGD whose process of one rank dies, hangs, or gets a Ctrl-C, mid-run (the distributed
 engine's failure and interruption tests)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch.distributed as dist
 
@@ -33,4 +34,17 @@ class CtrlCAtRound(DecentralizedSGD):
     def send(self, params, plan, round, exchange):
         if round == self.signal_round and dist.get_rank() == self.signal_rank:
             signal.raise_signal(signal.SIGINT)
+        return super().send(params, plan, round, exchange)
+
+
+class HangsAtRound(DecentralizedSGD):
+    """Plain D-PSGD, except that the process of rank ``rank`` stops answering (sleeps for
+    an hour) at round ``round``."""
+
+    def __init__(self, rank: int = 1, round: int = 3):
+        self.silent_rank, self.silent_round = rank, round
+
+    def send(self, params, plan, round, exchange):
+        if round == self.silent_round and dist.get_rank() == self.silent_rank:
+            time.sleep(3600)
         return super().send(params, plan, round, exchange)

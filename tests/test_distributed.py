@@ -97,6 +97,30 @@ def test_a_rank_that_dies_fails_the_run_naming_it_and_keeps_the_evaluated_rounds
     assert pd.read_csv(out / "metrics.csv")["round"].max() == 2
 
 
+def test_a_rank_that_stops_answering_fails_the_run_within_the_timeout(tmp_path, capsys):
+    hanging = Path(__file__).with_name("dying_protocol.py")
+    config = tmp_path / "hangs.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**BASE, "rounds": 6, "protocol": {"name": f"{hanging}:HangsAtRound", "round": 4}}
+        )
+    )
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = main(
+        ["run", str(config), "--engine", "distributed", "--procs", "2", "--timeout", "5",
+         "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4
+    assert len(err) == 1 and "rank 1 stopped answering" in err[0] and str(out) in err[0]
+    assert elapsed < 90  # start-up, 3 rounds, the 5 s timeout; not the hour rank 1 sleeps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed_rounds"] == 2
+    assert pd.read_csv(out / "metrics.csv")["round"].max() == 2
+
+
 def test_the_same_config_runs_under_torchrun(tmp_path):
     """torchrun sets RANK and WORLD_SIZE; privlab run joins its process group (what a
     run across machines does, here with both processes on localhost)."""

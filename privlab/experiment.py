@@ -37,7 +37,7 @@ from privlab.network_privacy import network_privacy
 from privlab.observe import Observer, ThreatModel, threat_model_from
 from privlab.partition import FederatedData
 from privlab.protocol import PROTOCOLS, Protocol
-from privlab.resources import check_fits, estimate
+from privlab.resources import check_fits, check_fits_device, estimate
 from privlab.results import METRIC_COLUMNS, OBSERVATIONS_DIR, Results, versions
 from privlab.rng import derive_seed
 from privlab.state import ParamSpec
@@ -81,9 +81,11 @@ def build(
     and ``wrap_gradient`` (a wrapper around the configured gradient mechanism).
     """
     c = config
-    resolve_device(c.device)  # a GPU that is not there is refused before any work
+    device = resolve_device(c.device)  # a GPU that is not there is refused before any work
     if data is None:
-        check_fits(estimate(c))
+        needs = estimate(c)
+        check_fits(needs)
+        check_fits_device(needs, device)
         data = federated_data(c)
     with torch.random.fork_rng(devices=[]), fields_named(_paths("model", c.model)):
         torch.manual_seed(derive_seed(c.seed, "model"))

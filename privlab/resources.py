@@ -127,6 +127,30 @@ def check_fits(estimate: Estimate, available: int | None = None) -> None:
     )
 
 
+ON_DEVICE = ("dataset", "index tables", "node state", "batch activations", "evaluation")
+"""The parts a run on a GPU keeps in the GPU's memory (the others stay on the host)."""
+
+
+def check_fits_device(estimate: Estimate, device: torch.device, free: int | None = None) -> None:
+    """On a GPU, raise ``PrivlabError`` when the parts of ``ON_DEVICE`` exceed ``FRACTION``
+    of its ``free`` bytes (by default what ``torch.cuda.mem_get_info`` reports); on the
+    CPU, nothing (``check_fits`` covers it)."""
+    if device.type != "cuda":
+        return
+    free = torch.cuda.mem_get_info(device)[0] if free is None else free
+    parts = {name: estimate.parts[name] for name in ON_DEVICE if name in estimate.parts}
+    needed = sum(parts.values())
+    if needed <= FRACTION * free:
+        return
+    name = max(parts, key=parts.__getitem__)
+    raise PrivlabError(
+        f"run needs about {format_size(needed)} on {device} (largest: {name} "
+        f"{estimate.details[name]}, {format_size(parts[name])}), more than "
+        f"{FRACTION:.0%} of its {format_size(free)} free; reduce {estimate.remedies[name]} "
+        "(or use device: cpu)"
+    )
+
+
 class _Run:
     """The shapes of one run; each method returns ``(name, bytes, detail, remedy)``."""
 

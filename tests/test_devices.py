@@ -104,3 +104,15 @@ def test_on_device_moves_a_protocols_own_plan_type_field_by_field():
     assert isinstance(moved.labels, tuple)
     plan = CommPlan.from_edges(3, [0, 1], [1, 2], [0.5, 0.5], [1.0, 0.5, 0.5])
     assert on_device(plan, torch.device("cpu")) is plan  # a CommPlan moves by its ``to``
+
+
+def test_a_run_that_does_not_fit_the_gpus_free_memory_is_refused_naming_it():
+    from privlab.resources import ON_DEVICE, check_fits_device, estimate
+
+    needs = estimate(parse_config({"nodes": 4096, "model": {"name": "mlp", "hidden": [256]}}))
+    assert set(ON_DEVICE) <= set(needs.parts)
+    gpu = torch.device("cuda", 0)
+    check_fits_device(needs, torch.device("cpu"), free=1)  # the CPU: check_fits's business
+    check_fits_device(needs, gpu, free=2**40)
+    with pytest.raises(PrivlabError, match=r"on cuda:0 \(largest: node state .* free; reduce"):
+        check_fits_device(needs, gpu, free=2**20)

@@ -347,6 +347,13 @@ def _record(
         rows.extend((round, node, name, float(v)) for node, v in zip(ids, values.tolist()))
 
 
+def _device_report(device: torch.device) -> str:
+    """The device a run computed on, with the GPU's name (``cuda:0 (NVIDIA H200)``)."""
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def _summary(
     config: ExperimentConfig,
     experiment: Experiment,
@@ -377,6 +384,7 @@ def _summary(
             "of_test_samples": engine.num_test,
         },
         "wall_time_s": round(wall_time, 3),
+        "device": _device_report(engine.device),
         "threads": thread_report(),
         "versions": versions(),
     }

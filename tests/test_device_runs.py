@@ -51,6 +51,8 @@ def simulated_gpu(monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "is_available", lambda: True)
         patch.setattr(torch.cuda, "device_count", lambda: 1)
+        patch.setattr(torch.cuda, "get_device_name", lambda device=None: "simulated GPU")
+        patch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**36, 2**36))
         with simulated_cuda():
             yield
 
@@ -163,6 +165,10 @@ def test_a_whole_run_on_the_gpu_writes_the_cpu_runs_folder(name, on_gpu, tmp_pat
     on_cpu = run_experiment(parse_config(config), progress=False)
     with on_gpu():
         gpu = run_experiment(parse_config({**config, "device": "cuda"}), progress=False)
+    if isinstance(on_gpu(), nullcontext):
+        assert gpu.summary["device"].startswith("cuda:0 (")
+    else:
+        assert gpu.summary["device"] == "cuda:0 (simulated GPU)"
     gpu.save(tmp_path)
     saved = load_run(tmp_path)
     assert saved.models["params"].device.type == "cpu"

@@ -79,6 +79,7 @@ def test_auto_on_a_cpu_machine_runs_the_cpu_run():
     on_auto = run(parse_config({**SMALL, "device": "auto"}), progress=False)
     assert torch.equal(on_cpu.models["params"], on_auto.models["params"])
     assert on_auto.models["params"].device.type == "cpu"
+    assert on_auto.summary["device"] == on_cpu.summary["device"] == "cpu"
 
 
 def test_the_loop_engine_refuses_a_gpu_and_takes_auto_as_the_cpu(two_gpus):

@@ -10,6 +10,11 @@ every rank its own nodes' new state. A rank's copy of the other blocks is stale 
 never read for its own nodes: a decentralized protocol computes a node's state from the
 node's own state and inbox only, which is what makes this exact.
 
+When which messages exist depends on the state (muted gossip pushes from its active
+nodes), ranks disagree about the other blocks' messages; the engine notices (a count and
+a hash per rank, gathered each exchange) and then sends each wanted message whole, with
+its edge, instead of filling in a list every rank already knows.
+
 On a GPU (``device: cuda`` or ``auto``), rank r computes on GPU ``LOCAL_RANK`` (r when
 spawned by ``--procs``) modulo the GPUs visible, and the messages and models travel over
 NCCL; control data stays on the CPU over gloo (``privlab.launch.backend``).
@@ -110,6 +115,8 @@ class DistributedEngine(VectorizedEngine):
         observed = self._observed(messages)
         if observed is not None:
             wanted[0] = wanted[0] | observed
+        if not self._edges_agree(messages, src_rank):
+            return self._deliver_own(messages, src_rank == self.rank, wanted)
 
         def rows_from(sender: int, receiver: int) -> torch.Tensor:
             if sender == receiver:
@@ -145,6 +152,91 @@ class DistributedEngine(VectorizedEngine):
             metadata_bytes=messages.metadata_bytes,
         )
 
+    def _edges_agree(self, messages: Messages, src_rank: torch.Tensor) -> bool:
+        """Whether every rank's messages name, for each rank's senders, the edges that
+        rank sends, in its order: so when which messages exist follows the plan, not
+        when it follows the state (muted gossip pushes from the active nodes, and a
+        rank's copy of other blocks is stale). One count and one order-sensitive hash
+        per rank, gathered; every rank takes the same path."""
+        keys = messages.src * self.num_nodes + messages.dst
+        seen = torch.zeros(self.world, 2, dtype=torch.int64, device=keys.device)
+        for rank in range(self.world):
+            mine = keys[src_rank == rank]
+            weights = torch.arange(1, len(mine) + 1, device=keys.device)
+            seen[rank, 0], seen[rank, 1] = len(mine), (mine * weights).sum()
+        truth = [torch.empty(2, dtype=torch.int64, device=keys.device) for _ in self.bounds]
+        self._collective(dist.all_gather, truth, seen[self.rank].contiguous())
+        agree = torch.tensor([int(torch.equal(seen, torch.stack(truth)))])
+        self._collective(dist.all_reduce, agree, op=dist.ReduceOp.MIN)
+        return bool(agree)
+
+    def _deliver_own(
+        self, messages: Messages, own: torch.Tensor, wanted: list[torch.Tensor]
+    ) -> Messages:
+        """Delivery when ranks disagree on which messages exist: each rank sends the
+        messages of its own senders that another rank wants (edges into its block, or
+        observed), whole, and keeps those of its senders plus what it received, in rank
+        order (the senders' order, as the protocol sent them; the messages between two
+        other ranks' nodes, which nothing here reads, are left out)."""
+        fields = {
+            "src": messages.src,
+            "dst": messages.dst,
+            "payload": messages.payload,
+            "indices": messages.indices,
+            "sender_label": messages.sender_label,
+            "receiver_label": messages.receiver_label,
+            "metadata_bytes": messages.metadata_bytes,
+        }
+        fields = {k: v for k, v in fields.items() if isinstance(v, torch.Tensor)}
+        outgoing = [
+            torch.zeros(0, dtype=torch.int64, device=self.device)
+            if r == self.rank
+            else (own & wanted[r]).nonzero().flatten()
+            for r in range(self.world)
+        ]
+        sizes = torch.tensor([len(rows) for rows in outgoing])
+        incoming = torch.empty_like(sizes)
+        self._collective(dist.all_to_all_single, incoming, sizes)
+        received = {
+            name: self._exchange(tensor, outgoing, incoming.tolist())
+            for name, tensor in fields.items()
+        }
+        pieces: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
+        counts = incoming.tolist()
+        starts = [sum(counts[:r]) for r in range(self.world)]
+        mine = own.nonzero().flatten()
+        for r in range(self.world):
+            for name, tensor in fields.items():
+                if r == self.rank:
+                    pieces[name].append(tensor[mine])
+                else:
+                    pieces[name].append(received[name][starts[r] : starts[r] + counts[r]])
+        joined = {name: torch.cat(parts) for name, parts in pieces.items()}
+        metadata = joined.get("metadata_bytes", messages.metadata_bytes)
+        return Messages(
+            joined["src"],
+            joined["dst"],
+            joined["payload"],
+            indices=joined.get("indices"),
+            sender_label=joined.get("sender_label"),
+            receiver_label=joined.get("receiver_label"),
+            metadata_bytes=metadata,
+        )
+
+    def _exchange(
+        self, tensor: torch.Tensor, outgoing: list[torch.Tensor], incoming: list[int]
+    ) -> torch.Tensor:
+        """The rows ``outgoing[r]`` of ``tensor`` sent to each rank r, and what each rank
+        sent here (``incoming[r]`` rows from rank r), in rank order."""
+        send = torch.cat([tensor[rows] for rows in outgoing]).contiguous()
+        size = (sum(incoming), *tensor.shape[1:])
+        recv = torch.empty(size, dtype=tensor.dtype, device=tensor.device)
+        self._collective(
+            dist.all_to_all_single, recv, send, incoming, [len(rows) for rows in outgoing]
+        )
+        self.bytes_between_ranks += send.numel() * send.element_size()
+        return recv
+
     def _observed(self, messages: Messages) -> torch.Tensor | None:
         """The edges rank 0's observer records (None without one)."""
         threat = self._threat
@@ -164,18 +256,7 @@ class DistributedEngine(VectorizedEngine):
     ) -> torch.Tensor:
         """``tensor`` with the rows ``incoming[r]`` replaced by what rank r sends from its
         rows ``outgoing[self.rank]`` (one ``all_to_all`` of the rows that cross)."""
-        width = tensor.shape[1]
-        send = torch.cat([tensor[rows] for rows in outgoing]).contiguous()
-        size = (sum(len(rows) for rows in incoming), width)
-        recv = torch.empty(size, dtype=tensor.dtype, device=tensor.device)
-        self._collective(
-            dist.all_to_all_single,
-            recv,
-            send,
-            [len(rows) for rows in incoming],
-            [len(rows) for rows in outgoing],
-        )
-        self.bytes_between_ranks += send.numel() * send.element_size()
+        recv = self._exchange(tensor, outgoing, [len(rows) for rows in incoming])
         out = tensor.clone()
         rows = torch.cat(incoming)
         if len(rows):

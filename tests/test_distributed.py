@@ -39,6 +39,8 @@ PROTOCOLS = {
     "shatter": {"protocol": {"name": "shatter", "virtual_nodes": 2, "degree": 3}},
     "cesar": {"protocol": {"name": "cesar"}},
     "cesar-topk": {"protocol": {"name": "cesar", "sparsifier": "topk"}},
+    "sparse-d-psgd": {"protocol": {"name": "sparse-d-psgd", "sparsifier": "topk"}},
+    "relative-gaussian": {"model": {"name": "logreg"}, "gradient": {"name": "relative-gaussian"}},
     # which messages exist follows the state (the active nodes push), not the plan
     "muted-gossip": {"protocol": {"name": "muted-gossip", "mute": 0.8}},
 }

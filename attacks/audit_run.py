@@ -316,7 +316,7 @@ def _scores(
     rows = []
     for experiment, group in zip(trained.experiments, views, strict=True):
         engine, topology = experiment.engine, experiment.topology
-        initial = engine.initial_state[0].double()
+        initial = engine.initial_state[0].double().cpu()
         isolable = (
             not topology.dynamic
             and experiment.protocol.exchanges == 1

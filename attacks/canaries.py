@@ -176,6 +176,8 @@ class DiracCanaryGradients(GradientMechanism):
         super().setup(context)
         if self.inner is not None:
             self.inner.setup(context)
+        self.coordinates = self.coordinates.to(context.device)
+        self.included = [included.to(context.device) for included in self.included]
         sizes = context.node_sizes.to(torch.float64)
         rates = getattr(self.inner, "rates", None)
         if isinstance(rates, torch.Tensor) and rates.shape == sizes.shape:

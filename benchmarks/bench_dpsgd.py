@@ -406,7 +406,7 @@ def main() -> None:
     # Opacus's hooks on a model whose input needs no gradient: harmless, once per call site
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     print(f"torch threads: {threads['threads']} ({threads['chosen_by']})")
-    if "auto" in specs and "cuda" not in devices:
+    if "auto" in specs and not devices:
         print("no GPU visible: CPU only")
     gpus = gpu_names(devices)
     for device, name in gpus.items():

@@ -317,7 +317,7 @@ def main() -> None:
     threads = thread_report()
     results = {}
     print(f"torch threads: {threads['threads']} ({threads['chosen_by']})")
-    if "auto" in specs and "cuda" not in devices:
+    if "auto" in specs and not devices:
         print("no GPU visible: CPU only")
     gpus = gpu_names(devices)
     for device, name in gpus.items():

@@ -211,10 +211,14 @@ def _run_distributed(config, out: Path, args: argparse.Namespace, torchrun: bool
 
 
 def _single_process(config):
-    """``config`` on the vectorized engine (to check it without a process group)."""
+    """``config`` on the vectorized engine and the CPU, to check it in the launching
+    process without a process group (nor holding GPU memory for the whole run); a GPU
+    that is not there is refused first."""
     from privlab.config import parse_config
+    from privlab.devices import resolve_device
 
-    return parse_config({**config.to_dict(), "engine": "vectorized"})
+    resolve_device(config.device)
+    return parse_config({**config.to_dict(), "engine": "vectorized", "device": "cpu"})
 
 
 def _run_configured_attacks(out: Path, attacks: list, *, progress: bool) -> None:

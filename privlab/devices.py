@@ -84,5 +84,5 @@ def on_device(value: Any, device: torch.device) -> Any:
         items = [on_device(item, device) for item in value]
         if all(a is b for a, b in zip(items, value)):
             return value
-        return type(value)(items)
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value

@@ -38,6 +38,7 @@ from privlab.engine import ENGINES, VectorizedEngine
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan
 from privlab.protocol import Messages
+from privlab.rng import splitmix64
 
 
 class PeerFailure(PrivlabError):
@@ -85,13 +86,23 @@ class DistributedEngine(VectorizedEngine):
             self.observer = None  # rank 0 records what the curious parties see
 
     def _device(self, device: str | torch.device) -> torch.device:
-        """The configured device; a GPU without an index is this rank's local GPU."""
+        """The configured device; on GPUs, this rank's local GPU (``LOCAL_RANK``). NCCL
+        takes one process per GPU, so more processes on a machine than its GPUs, or a
+        GPU named for all of them (``cuda:K``), is refused."""
         resolved = resolve_device(device)
-        if resolved.type == "cuda" and str(device) in ("auto", "cuda"):
-            local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-            resolved = torch.device("cuda", local % torch.cuda.device_count())
-        if resolved.type == "cuda":
-            torch.cuda.set_device(resolved)
+        if resolved.type != "cuda":
+            return resolved
+        here = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        gpus = torch.cuda.device_count()
+        if here > 1 and (str(device) not in ("auto", "cuda") or here > gpus):
+            raise PrivlabError(
+                f"a distributed run on GPUs takes one process per GPU: {here} processes on "
+                f"this machine, {gpus} GPUs visible, device {str(device)!r}; use "
+                f"--procs {min(here, gpus)} with device: cuda, or device: cpu"
+            )
+        if here > 1:
+            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        torch.cuda.set_device(resolved)
         return resolved
 
     # -- training: this rank's block only ------------------------------------------------
@@ -108,7 +119,8 @@ class DistributedEngine(VectorizedEngine):
         that are their senders' whole rows travel once per (sender, receiving rank);
         messages of indices only (announced index sets, which receivers relay to their
         other senders) go to every rank."""
-        src_rank, dst_rank = self.owner[messages.src], self.owner[messages.dst]
+        owner = self._owner(messages.src.device)  # CESAR's messages stay on the CPU
+        src_rank, dst_rank = owner[messages.src], owner[messages.dst]
         wanted = [dst_rank == r for r in range(self.world)]
         if messages.width == 0:  # index sets announced (CESAR's TopK), relayed two hops on
             wanted = [torch.ones_like(dst_rank, dtype=torch.bool)] * self.world
@@ -120,7 +132,7 @@ class DistributedEngine(VectorizedEngine):
 
         def rows_from(sender: int, receiver: int) -> torch.Tensor:
             if sender == receiver:
-                return torch.zeros(0, dtype=torch.int64, device=self.device)
+                return torch.zeros(0, dtype=torch.int64, device=src_rank.device)
             edges = ((src_rank == sender) & wanted[receiver]).nonzero().flatten()
             if messages.rows is not None:  # one row per sender, not per edge
                 return torch.unique(messages.src[edges])
@@ -152,18 +164,26 @@ class DistributedEngine(VectorizedEngine):
             metadata_bytes=messages.metadata_bytes,
         )
 
+    def _owner(self, device: torch.device) -> torch.Tensor:
+        """The rank of each node ``[n]``, on ``device`` (where a protocol's messages are)."""
+        if self.owner.device != device:
+            return self.owner.to(device)
+        return self.owner
+
     def _edges_agree(self, messages: Messages, src_rank: torch.Tensor) -> bool:
         """Whether every rank's messages name, for each rank's senders, the edges that
         rank sends, in its order: so when which messages exist follows the plan, not
         when it follows the state (muted gossip pushes from the active nodes, and a
         rank's copy of other blocks is stale). One count and one order-sensitive hash
-        per rank, gathered; every rank takes the same path."""
+        (SplitMix64 of each edge and its position, summed) per rank, gathered; every
+        rank takes the same path."""
         keys = messages.src * self.num_nodes + messages.dst
         seen = torch.zeros(self.world, 2, dtype=torch.int64, device=keys.device)
         for rank in range(self.world):
             mine = keys[src_rank == rank]
-            weights = torch.arange(1, len(mine) + 1, device=keys.device)
-            seen[rank, 0], seen[rank, 1] = len(mine), (mine * weights).sum()
+            position = torch.arange(len(mine), device=keys.device)
+            mixed = splitmix64(mine * self.num_nodes**2 + position)  # wraps: still a hash
+            seen[rank, 0], seen[rank, 1] = len(mine), mixed.sum()
         truth = [torch.empty(2, dtype=torch.int64, device=keys.device) for _ in self.bounds]
         self._collective(dist.all_gather, truth, seen[self.rank].contiguous())
         agree = torch.tensor([int(torch.equal(seen, torch.stack(truth)))])
@@ -189,7 +209,7 @@ class DistributedEngine(VectorizedEngine):
         }
         fields = {k: v for k, v in fields.items() if isinstance(v, torch.Tensor)}
         outgoing = [
-            torch.zeros(0, dtype=torch.int64, device=self.device)
+            torch.zeros(0, dtype=torch.int64, device=own.device)
             if r == self.rank
             else (own & wanted[r]).nonzero().flatten()
             for r in range(self.world)
@@ -242,11 +262,12 @@ class DistributedEngine(VectorizedEngine):
         threat = self._threat
         if threat is None:
             return None
-        curious = torch.tensor(sorted(threat.curious_nodes), dtype=torch.int64, device=self.device)
+        where = messages.src.device
+        curious = torch.tensor(sorted(threat.curious_nodes), dtype=torch.int64, device=where)
         links = torch.tensor(
             [s * self.num_nodes + d for s, d in threat.eavesdropped_links],
             dtype=torch.int64,
-            device=self.device,
+            device=where,
         )
         by_node = torch.isin(messages.dst, curious)
         return by_node | torch.isin(messages.src * self.num_nodes + messages.dst, links)
@@ -277,7 +298,7 @@ class DistributedEngine(VectorizedEngine):
 
     def _sent_bytes(self, messages: Messages) -> dict[str, torch.Tensor]:
         """Bytes each node sent, counted by the rank that owns it and summed over ranks."""
-        own = self.owner[messages.src] == self.rank
+        own = self._owner(messages.src.device)[messages.src] == self.rank
         counted = messages.select(own).bytes_by_sender(self.num_nodes)
         for size in counted.values():
             self._collective(dist.all_reduce, size)

@@ -32,6 +32,9 @@ TIMEOUT_S = 60.0
 SAVE_S = 30.0
 """Seconds, beyond the timeout, that the other ranks get to save and exit once one rank
 has failed, before the launcher ends those still running."""
+AFTER_WRITER_S = 5.0
+"""Seconds the other ranks get to report their own errors once rank 0 (the writer) has
+ended after a failure."""
 
 
 class RankFailed(PrivlabError):
@@ -47,6 +50,8 @@ def backend() -> str:
     """gloo for CPU tensors, and NCCL for CUDA tensors where torch has both a GPU and NCCL
     (one process group: each collective takes the backend of its tensors' device)."""
     if torch.cuda.is_available() and dist.is_nccl_available():
+        # a dead peer then raises in the collective (PeerFailure), not in NCCL's watchdog
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
         return "cpu:gloo,cuda:nccl"
     return "gloo"
 
@@ -138,7 +143,8 @@ def run_processes(
 def _join(processes: list, grace: float) -> list[int]:
     """Wait for every process. Once one has failed, the others have ``grace`` seconds to
     end (a peer that still answers fails within the collectives' timeout, and rank 0
-    saves the run), or none once rank 0 has ended (nobody else writes); those still
+    saves the run), or ``AFTER_WRITER_S`` once rank 0 has ended (nobody else writes);
+    those still
     running then are terminated, so a rank that hangs cannot hold the launcher. Returns
     the ranks terminated."""
     running = dict(enumerate(processes))
@@ -155,12 +161,15 @@ def _join(processes: list, grace: float) -> list[int]:
                 del running[rank]
                 if process.exitcode != 0 and deadline is None:
                     deadline = time.monotonic() + grace
-        if deadline is not None and 0 not in running:
-            deadline = time.monotonic()
+        if deadline is not None and 0 not in running:  # nobody left to write the run
+            deadline = min(deadline, time.monotonic() + AFTER_WRITER_S)
         if running and deadline is not None and time.monotonic() >= deadline:
             for process in running.values():
                 process.terminate()
-                process.join()
+                process.join(AFTER_WRITER_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
             return sorted(running)
     return []
 
@@ -168,16 +177,17 @@ def _join(processes: list, grace: float) -> list[int]:
 def _first_failure(
     failed: list[tuple[int, int]], reports: dict[int, str], silent: list[int], timeout: float
 ) -> str:
-    """A rank that died without a word (killed), else one that stopped answering (ended
-    by the launcher), else the first whose error is its own and not a peer's failure."""
+    """A rank that died without a word (killed), else the first whose error is its own
+    (not a peer's failure), else one that stopped answering (ended by the launcher)."""
     for rank, code in failed:
         if rank not in reports and rank not in silent:
             return f"rank {rank} died (exit code {code}); the other ranks stopped"
+    own = {r: m for r, m in reports.items() if not m.startswith("PeerFailure")}
+    if own:
+        return f"rank {min(own)} failed: {own[min(own)]}"
     if silent:
         return (
             f"rank {silent[0]} stopped answering (silent for over --timeout {timeout:g} s, "
             "then ended); the other ranks stopped"
         )
-    own = {r: m for r, m in reports.items() if not m.startswith("PeerFailure")}
-    rank = min(own or reports)
-    return f"rank {rank} failed: {(own or reports)[rank]}"
+    return f"rank {min(reports)} failed: {reports[min(reports)]}"

@@ -54,7 +54,7 @@ def _splitmix64_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def _splitmix64_torch(z: torch.Tensor) -> torch.Tensor:
+def splitmix64(z: torch.Tensor) -> torch.Tensor:
     """``_splitmix64_int`` on int64 tensors (two's complement wrap-around; logical shifts
     are arithmetic shifts masked to the shifted width). Works in place on a fresh copy."""
     z = z.clone()
@@ -114,7 +114,7 @@ class NodeStreams:
     def _seeds(self, purpose: str, round: int, step: int, ids: torch.Tensor) -> torch.Tensor:
         """The 63-bit seed of each node's stream, int64 ``[len(ids)]``."""
         base = _int64(self._base(purpose, round, step))
-        mixed = _splitmix64_torch((ids + 1) * _int64(_GOLDEN) + base)
+        mixed = splitmix64((ids + 1) * _int64(_GOLDEN) + base)
         return (mixed >> 1) & (2**63 - 1)
 
     def node_seeds(self, purpose: str, round: int, step: int, nodes: Sequence[int]) -> list[int]:
@@ -144,7 +144,7 @@ class NodeStreams:
         counters = _occurrence(ids).unsqueeze(1) * size + torch.arange(
             1, size + 1, device=self.device
         )
-        bits = _splitmix64_torch(counters.mul_(_int64(_GOLDEN)).add_(seeds.unsqueeze(1)))
+        bits = splitmix64(counters.mul_(_int64(_GOLDEN)).add_(seeds.unsqueeze(1)))
         return (bits >> 40).bitwise_and_(2**24 - 1)
 
     def normal(

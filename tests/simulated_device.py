@@ -117,9 +117,12 @@ class SimulatedCuda(TorchFunctionMode):
             raise RuntimeError("simulated_cuda() does not nest")
         super().__enter__()
         _ACTIVE.append(self)
+        self._from_numpy = torch.from_numpy  # takes an array: the mode never sees it
+        torch.from_numpy = lambda array: self._mark(self._from_numpy(array), KNOWN_CPU)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        torch.from_numpy = self._from_numpy
         _ACTIVE.remove(self)
         super().__exit__(*exc)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 
+import numpy as np
 import pytest
 import torch
 from simulated_device import simulated_cuda
@@ -28,6 +29,7 @@ from test_contract import (
 )
 from test_engine import TOLERANCE
 
+from privlab.errors import PrivlabError
 from privlab.gradient import GRADIENT_MECHANISMS
 from privlab.observe import Observer, threat_model_from
 
@@ -127,8 +129,6 @@ def test_the_simulated_device_catches_a_tensor_left_on_the_cpu(monkeypatch):
 def test_a_state_returned_on_the_cpu_is_named_as_a_broken_contract(monkeypatch):
     from toy_protocols import PerReceiverNoise
 
-    from privlab.errors import PrivlabError
-
     class CpuState(PerReceiverNoise):
         def receive(self, params, messages, plan, round, exchange):
             return super().receive(params, messages, plan, round, exchange).cpu()
@@ -185,6 +185,7 @@ def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_pa
     exchange, gathers and reductions run on the simulated GPU as on the CPU."""
     import torch.distributed as dist
 
+    import privlab.distributed  # noqa: F401 (registers the engine)
     from privlab.launch import join
     from privlab.protocol import PROTOCOLS
 
@@ -207,7 +208,35 @@ def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_pa
         with simulated_gpu(monkeypatch):
             monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
             gpu = final_params("cuda")
+            # NCCL takes one process per GPU: two processes here need two GPUs
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+            with pytest.raises(PrivlabError, match="one process per GPU: 2 processes"):
+                final_params("cuda")
+            monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+            with pytest.raises(PrivlabError, match="device 'cuda:0'; use --procs 2"):
+                final_params("cuda:0")
         torch.testing.assert_close(gpu, on_cpu, rtol=0, atol=1e-5)
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", ["dirac", "natural", "mislabelled"])
+def test_an_audit_on_the_gpu_scores_the_canaries_of_the_cpu_audit(kind, on_gpu):
+    from privlab.attacks.audit_run import AuditSettings, run_audit
+    from privlab.config import parse_config
+
+    config = {
+        **RUN,
+        "nodes": 8,
+        "rounds": 2,
+        "gradient": {"name": "dp-sgd", "noise_multiplier": 2.0, "max_grad_norm": 1.0},
+    }
+    config.pop("observer")
+    settings = AuditSettings(kind=kind, canaries=20)
+    on_cpu = run_audit(parse_config(config), settings, progress=False)
+    with on_gpu():
+        gpu = run_audit(parse_config({**config, "device": "cuda"}), settings, progress=False)
+    assert gpu.statistic == on_cpu.statistic
+    np.testing.assert_array_equal(gpu.scores["labels"], on_cpu.scores["labels"])
+    np.testing.assert_allclose(gpu.scores["scores"], on_cpu.scores["scores"], atol=1e-4)

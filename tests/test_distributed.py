@@ -143,3 +143,18 @@ def test_ctrl_c_in_one_process_stops_every_process_after_the_same_round(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["completed_rounds"] == 2
     assert load_run(out).models is not None  # both ranks finished round 2: models kept
+
+
+def test_the_launcher_names_the_rank_at_fault():
+    """Who is named when several ranks end: one killed without a word, else one with an
+    error of its own, else one the launcher ended for silence, else a peer's failure."""
+    from privlab.launch import _first_failure
+
+    peer = "PeerFailure: rank 0: a peer rank failed or stopped answering"
+    own = "PrivlabError: protocol 'x' broke the contract"
+    killed = _first_failure([(0, 1), (1, -9)], {0: peer}, [], 60)
+    assert killed.startswith("rank 1 died (exit code -9)")
+    assert _first_failure([(0, 1), (1, -15)], {0: own}, [1], 60) == f"rank 0 failed: {own}"
+    silent = _first_failure([(0, 1), (1, -15)], {0: peer}, [1], 5)
+    assert silent.startswith("rank 1 stopped answering (silent for over --timeout 5 s")
+    assert _first_failure([(0, 1), (1, 1)], {0: peer, 1: peer}, [], 60) == f"rank 0 failed: {peer}"

@@ -9,6 +9,8 @@ import torch
 from simulated_device import simulated_cuda, to_simulated
 from torch.func import functional_call, grad, vmap
 
+_REAL_FROM_NUMPY = torch.from_numpy
+
 MIXED = "Expected all tensors to be on the same device"
 CUDA = torch.device("cuda", 0)
 
@@ -268,3 +270,12 @@ def test_everything_is_back_to_normal_after_the_context_even_after_an_error():
         to_simulated(torch.ones(2))
     with simulated_cuda() as again:  # a fresh mode knows nothing of the old tensors
         assert again.placement(dev) is None
+
+
+def test_a_tensor_from_numpy_is_known_to_be_on_the_cpu():
+    with simulated_cuda():
+        dev = to_simulated(torch.ones(3))
+        with pytest.raises(RuntimeError, match="same device"):
+            dev + torch.from_numpy(np.zeros(3, dtype=np.float32))
+        assert torch.equal(dev.cpu() + torch.from_numpy(np.zeros(3, dtype=np.float32)), dev.cpu())
+    assert torch.from_numpy is _REAL_FROM_NUMPY

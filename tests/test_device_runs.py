@@ -182,7 +182,8 @@ def test_a_whole_run_on_the_gpu_writes_the_cpu_runs_folder(name, on_gpu, tmp_pat
 
 def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_path):
     """One rank of the distributed engine (a process group of one, in this process): its
-    exchange, gathers and reductions run on the simulated GPU as on the CPU."""
+    exchange, gathers and reductions run on the simulated GPU as on the CPU, with an
+    observer, for a protocol of device messages (Zip-DL) and one of CPU messages (CESAR)."""
     import torch.distributed as dist
 
     import privlab.distributed  # noqa: F401 (registers the engine)
@@ -196,18 +197,22 @@ def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_pa
     try:
         from conftest import make_engine
 
-        def final_params(device: str) -> torch.Tensor:
-            engine = make_engine("distributed", PROTOCOLS["zipdl"](), nodes=8, device=device)
+        def final_params(device: str, protocol=lambda: PROTOCOLS["zipdl"]()) -> torch.Tensor:
+            engine = make_engine("distributed", protocol(), nodes=8, device=device)
+            engine._threat = threat_model_from(curious_nodes=[0])  # what rank 0 records
             for t in range(1, 4):
                 engine.run_round(t)
             engine.evaluate()
             assert engine.non_finite_nodes() == 0 and not engine.agree_to_stop(False)
             return engine.params.cpu()
 
-        on_cpu = final_params("cpu")
+        def cesar():
+            return PROTOCOLS["cesar"](sparsifier="topk")
+
+        on_cpu, cesar_on_cpu = final_params("cpu"), final_params("cpu", cesar)
         with simulated_gpu(monkeypatch):
             monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-            gpu = final_params("cuda")
+            gpu, cesar_on_gpu = final_params("cuda"), final_params("cuda", cesar)
             # NCCL takes one process per GPU: two processes here need two GPUs
             monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
             with pytest.raises(PrivlabError, match="one process per GPU: 2 processes"):
@@ -216,6 +221,7 @@ def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_pa
             with pytest.raises(PrivlabError, match="device 'cuda:0'; use --procs 2"):
                 final_params("cuda:0")
         torch.testing.assert_close(gpu, on_cpu, rtol=0, atol=1e-5)
+        torch.testing.assert_close(cesar_on_gpu, cesar_on_cpu, rtol=0, atol=1e-5)
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(threads)

@@ -5,8 +5,9 @@ coordinates u would like to send to v: ``m = max(1, round(fraction * D))`` of th
 coordinates.
 
 * ``random``: coordinated per receiver. All senders to v use the same index set, drawn
-  from v's stream for the round (``NodeStreams.uniform("sparsify-random", round, 0, [v])``),
-  as if v had published a seed; the sets of v's senders coincide.
+  from v's stream for the round (the ``m`` largest of
+  ``NodeStreams.uniform("sparsify-random", round, 0, [v])``, ties to the lower
+  coordinate), as if v had published a seed; the sets of v's senders coincide.
 * ``independent-random``: each (sender, receiver) pair draws its own set from the
   sender's stream (``"sparsify-independent"``), independently of every other pair.
 * ``topk``: the ``m`` coordinates of largest ``|x_u - r_u|``, the change of the sender's
@@ -48,6 +49,14 @@ def _top_mask(scores: torch.Tensor, m: int) -> torch.Tensor:
     return mask.scatter_(1, torch.topk(scores, m, dim=1).indices, True)
 
 
+def _drawn_mask(bits: torch.Tensor, m: int) -> torch.Tensor:
+    """Boolean mask of the ``m`` largest draws of each row (``uniform_bits``), ties to the
+    lower coordinate: exact integer keys, so every device picks the same set."""
+    dim = bits.shape[1]
+    lower_first = torch.arange(dim - 1, -1, -1, device=bits.device)
+    return _top_mask(bits * dim + lower_first, m)
+
+
 class Sparsifier:
     """Chooses the coordinates each edge would like to carry (``want[E, D]``)."""
 
@@ -62,10 +71,11 @@ class Sparsifier:
         n, dim = state.shape
         m = sparse_count(self.fraction, dim)
         if self.kind == "random":
-            draws = streams.uniform("sparsify-random", round, 0, range(n), dim)
-            return _top_mask(draws, m)[plan.dst]
+            draws = streams.uniform_bits("sparsify-random", round, 0, range(n), dim)
+            return _drawn_mask(draws, m)[plan.dst]
         if self.kind == "independent-random":
-            return _top_mask(streams.uniform("sparsify-independent", round, 0, plan.src, dim), m)
+            draws = streams.uniform_bits("sparsify-independent", round, 0, plan.src, dim)
+            return _drawn_mask(draws, m)
         change = state if self.reference is None else state - self.reference
         return _top_mask(change.abs(), m)[plan.src]
 

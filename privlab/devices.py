@@ -10,6 +10,11 @@ products. What stays on the CPU: the random number generation of the per-node st
 the same numbers on every device, and a run on a GPU matches the CPU run up to
 floating-point reassociation), the plans' construction, the ledger and the observers'
 logs. Design decision: reproducibility across devices outweighs the cost of the copy.
+
+What can still differ on a GPU, beyond reassociation: convolutions use TF32 on Ampere and
+later GPUs unless ``torch.backends.cudnn.allow_tf32 = False``, and ``torch.topk`` breaks
+ties in its own way (TopK sparsification of equal changes; the random sparsifiers use
+exact integer keys and agree).
 """
 
 from __future__ import annotations

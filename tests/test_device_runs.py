@@ -69,12 +69,18 @@ def on_gpu(request, monkeypatch):
     return lambda: simulated_gpu(monkeypatch)
 
 
+def tolerance() -> float:
+    """The simulated device computes on the CPU (``TOLERANCE``, as between the engines); a
+    real GPU's kernels reassociate, and the differences grow over rounds."""
+    return 1e-4 if torch.cuda.is_available() else TOLERANCE
+
+
 def assert_same_runs(gpu, on_cpu) -> None:
     """Equal up to floating-point reassociation (GPU kernels, torch's sparse product)."""
     params, reports, evaluation, observations = gpu
     cpu_params, cpu_reports, cpu_evaluation, cpu_observations = on_cpu
     assert params.device.type == "cpu"
-    torch.testing.assert_close(params, cpu_params, rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(params, cpu_params, rtol=0, atol=tolerance())
     assert_same_reports(reports, cpu_reports, exact=False)
     assert set(evaluation) == set(cpu_evaluation)
     for name, values in evaluation.items():
@@ -85,7 +91,7 @@ def assert_same_runs(gpu, on_cpu) -> None:
         assert (seen.round, seen.exchange) == (cpu_seen.round, cpu_seen.exchange)
         assert torch.equal(seen.true_sender, cpu_seen.true_sender)
         assert seen.payload.device.type == "cpu"
-        torch.testing.assert_close(seen.payload, cpu_seen.payload, rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(seen.payload, cpu_seen.payload, rtol=0, atol=tolerance())
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_CASES))
@@ -172,7 +178,8 @@ def test_a_whole_run_on_the_gpu_writes_the_cpu_runs_folder(name, on_gpu, tmp_pat
     gpu.save(tmp_path)
     saved = load_run(tmp_path)
     assert saved.models["params"].device.type == "cpu"
-    torch.testing.assert_close(saved.models["params"], on_cpu.models["params"], rtol=0, atol=1e-5)
+    models = saved.models["params"], on_cpu.models["params"]
+    torch.testing.assert_close(*models, rtol=0, atol=tolerance())
     cpu_metrics = on_cpu.metrics.set_index(["round", "node", "metric"])["value"]
     gpu_metrics = saved.metrics.set_index(["round", "node", "metric"])["value"]
     assert set(gpu_metrics.index) == set(cpu_metrics.index)

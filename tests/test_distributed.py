@@ -76,6 +76,15 @@ def test_every_protocol_gives_the_vectorized_engines_models(tmp_path, procs):
             assert torch.equal(got.sender, want.sender) and torch.equal(got.receiver, want.receiver)
 
 
+def plugin_config(folder: Path, plugin: str, rounds: int, at: int) -> Path:
+    """A config file running ``dying_protocol.py``'s ``plugin``, acting at round ``at``."""
+    path = Path(__file__).with_name("dying_protocol.py")
+    config = folder / f"{plugin}.yaml"
+    protocol = {"name": f"{path}:{plugin}", "round": at}
+    config.write_text(yaml.safe_dump({**BASE, "rounds": rounds, "protocol": protocol}))
+    return config
+
+
 @pytest.mark.parametrize(
     ("plugin", "timeout", "message"),
     [("DiesAtRound", 20, "rank 1 died"), ("HangsAtRound", 5, "rank 1 stopped answering")],
@@ -85,13 +94,7 @@ def test_a_rank_that_dies_or_stops_answering_fails_the_run_naming_it_and_keeps_t
 ):
     """Rank 1 exits, or sleeps for an hour, at round 4: the run ends within seconds of
     the timeout with one line naming it, and keeps the rounds up to the last evaluation."""
-    failing = Path(__file__).with_name("dying_protocol.py")
-    config = tmp_path / "fails.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {**BASE, "rounds": 6, "protocol": {"name": f"{failing}:{plugin}", "round": 4}}
-        )
-    )
+    config = plugin_config(tmp_path, plugin, rounds=6, at=4)
     out = tmp_path / "run"
     started = time.perf_counter()
     code = main(
@@ -129,13 +132,7 @@ def test_the_same_config_runs_under_torchrun(tmp_path):
 
 
 def test_ctrl_c_in_one_process_stops_every_process_after_the_same_round(tmp_path):
-    plugin = Path(__file__).with_name("dying_protocol.py")
-    config = tmp_path / "ctrl-c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {**BASE, "rounds": 5, "protocol": {"name": f"{plugin}:CtrlCAtRound", "round": 2}}
-        )
-    )
+    config = plugin_config(tmp_path, "CtrlCAtRound", rounds=5, at=2)
     out = tmp_path / "run"
     command = ["run", str(config), "--engine", "distributed", "--procs", "2", "--out", str(out),
                "--quiet"]  # fmt: skip

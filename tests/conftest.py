@@ -15,6 +15,18 @@ from privlab.rng import NodeStreams
 from privlab.topology import Topology, build_topology
 from privlab.training import LocalTraining, SGDConfig
 
+_CUDA = {name: getattr(torch.cuda, name) for name in ("is_available", "device_count")}
+"""What the device tests patch to make torch see a GPU."""
+
+
+@pytest.fixture(autouse=True)
+def _torch_sees_its_own_devices():
+    """After each test, torch's device queries are its own again (a patch left behind
+    makes later tests believe in a GPU)."""
+    yield
+    leaked = [name for name, function in _CUDA.items() if getattr(torch.cuda, name) is not function]
+    assert not leaked, f"a test left torch.cuda.{', '.join(leaked)} patched"
+
 
 def set_up(protocol: Protocol, topology: Topology, dim: int, seed: int = 0) -> Protocol:
     """``protocol`` set up on ``topology`` alone (one sample per node), for calling its

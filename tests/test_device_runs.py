@@ -49,14 +49,17 @@ def device_run(device: str, factory, topology, **kwargs):
 
 @contextmanager
 def simulated_gpu(monkeypatch):
-    """A CUDA device simulated on the CPU (torch is told that one GPU is visible)."""
+    """A CUDA device simulated on the CPU (torch is told that one GPU is visible); yields
+    the patcher, whose further patches are undone with these (never patch
+    ``torch.cuda`` with the test's own ``monkeypatch`` inside: it would restore the
+    simulated functions at teardown)."""
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "is_available", lambda: True)
         patch.setattr(torch.cuda, "device_count", lambda: 1)
         patch.setattr(torch.cuda, "get_device_name", lambda device=None: "simulated GPU")
         patch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**36, 2**36))
         with simulated_cuda():
-            yield
+            yield patch
 
 
 @pytest.fixture(params=["simulated", "real"])
@@ -217,14 +220,14 @@ def test_the_distributed_engine_keeps_its_tensors_on_the_gpu(monkeypatch, tmp_pa
             return PROTOCOLS["cesar"](sparsifier="topk")
 
         on_cpu, cesar_on_cpu = final_params("cpu"), final_params("cpu", cesar)
-        with simulated_gpu(monkeypatch):
-            monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+        with simulated_gpu(monkeypatch) as patch:
+            patch.setattr(torch.cuda, "set_device", lambda device: None)
             gpu, cesar_on_gpu = final_params("cuda"), final_params("cuda", cesar)
             # NCCL takes one process per GPU: two processes here need two GPUs
-            monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+            patch.setenv("LOCAL_WORLD_SIZE", "2")
             with pytest.raises(PrivlabError, match="one process per GPU: 2 processes"):
                 final_params("cuda")
-            monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+            patch.setattr(torch.cuda, "device_count", lambda: 2)
             with pytest.raises(PrivlabError, match="device 'cuda:0'; use --procs 2"):
                 final_params("cuda:0")
         torch.testing.assert_close(gpu, on_cpu, rtol=0, atol=1e-5)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from privlab.context import RoundContext
+from privlab.devices import MovedOnce
 from privlab.errors import PrivlabError, check, is_integer
 from privlab.mechanisms.sparsification import (
     METADATA_BYTES,
@@ -71,9 +72,6 @@ def pair_seed(shared_secret: bytes, receiver: int, i: int, j: int) -> bytes:
     shared secret, info = ``LABEL || receiver || i || j`` (int64 little-endian)."""
     info = LABEL + struct.pack("<qqq", receiver, i, j)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared_secret)
-
-
-_CPU = torch.device("cpu")
 
 
 @PROTOCOLS.register("cesar")
@@ -150,6 +148,7 @@ class Cesar(Protocol):
         self.sparsifier = Sparsifier(sparsifier, fraction)
         self.exchanges = 2 if sparsifier == "random" else 3
         self._announced: tuple[int, torch.Tensor] | None = None  # (round, want[E, D])
+        self._plan_on_cpu = MovedOnce(torch.device("cpu"))
 
     def initial_state(self, params: torch.Tensor) -> torch.Tensor:
         self.sparsifier.sent(params.cpu())
@@ -290,7 +289,7 @@ class Cesar(Protocol):
 
     def send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         """CPU messages, whatever ``state``'s device (see the class)."""
-        return self._send(state.cpu(), plan.to(_CPU), round, exchange)
+        return self._send(state.cpu(), self._plan_on_cpu(plan), round, exchange)
 
     def _send(self, state: torch.Tensor, plan: CommPlan, round: int, exchange: int) -> Messages:
         if exchange == 0:
@@ -335,7 +334,7 @@ class Cesar(Protocol):
         self, state: torch.Tensor, messages: Messages, plan: CommPlan, round: int, exchange: int
     ) -> torch.Tensor:
         """The new state on ``state``'s device, computed on the CPU (see the class)."""
-        new = self._receive(state.cpu(), messages, plan.to(_CPU), round, exchange)
+        new = self._receive(state.cpu(), messages, self._plan_on_cpu(plan), round, exchange)
         return new.to(state.device)
 
     def _receive(

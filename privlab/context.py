@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from privlab.accounting.events import PrivacyEvent
+from privlab.devices import MovedOnce
 from privlab.errors import PrivlabError
 from privlab.plan import CommPlan
 from privlab.rng import NodeStreams
@@ -64,8 +65,10 @@ class RoundContext:
     clip_norm: float | None = None
     """The per-sample clipping bound of the gradient mechanism (None: no clipping)."""
     emitted: Emissions = field(default_factory=Emissions)
+    _plan_to_device: MovedOnce = field(init=False, repr=False, compare=False)
 
-    _plan_moved: tuple[CommPlan, CommPlan] | None = field(default=None, repr=False)
+    def __post_init__(self) -> None:
+        self._plan_to_device = MovedOnce(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -75,10 +78,7 @@ class RoundContext:
     def plan(self, round: int) -> CommPlan:
         """The topology's plan of ``round`` on ``device`` (a static topology's plan, the
         same object every round, is moved once)."""
-        plan = self.topology.plan(round)
-        if self._plan_moved is None or self._plan_moved[0] is not plan:
-            self._plan_moved = (plan, plan.to(self.device))
-        return self._plan_moved[1]
+        return self._plan_to_device(self.topology.plan(round))
 
     @property
     def lr(self) -> float:

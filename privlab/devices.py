@@ -71,6 +71,20 @@ def check_device_name(spec: str) -> str:
     raise ValueError(f"device must be {CHOICES}, got {spec!r}")
 
 
+class MovedOnce:
+    """``on_device(value, device)``, remembered for the last value: a static topology's
+    plan, the same object every round, moves once per run instead of once per round."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._last: tuple[Any, Any] | None = None
+
+    def __call__(self, value: Any) -> Any:
+        if self._last is None or self._last[0] is not value:
+            self._last = (value, on_device(value, self.device))
+        return self._last[1]
+
+
 def on_device(value: Any, device: torch.device) -> Any:
     """``value`` with its tensors on ``device``: a tensor or any object with a
     ``to(device)`` method (``CommPlan``) moved by it; a dataclass (a protocol's own plan

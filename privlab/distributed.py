@@ -79,6 +79,7 @@ class DistributedEngine(VectorizedEngine):
         self.owner = torch.cat(
             [torch.full((hi - lo,), r, dtype=torch.int64) for r, (lo, hi) in enumerate(self.bounds)]
         ).to(self.device)
+        self._owners = {self.device: self.owner}
         self.bytes_between_ranks = 0
         # every rank knows what rank 0's observer records, to send it there
         self._threat = None if self.observer is None else self.observer.threat_model
@@ -166,9 +167,9 @@ class DistributedEngine(VectorizedEngine):
 
     def _owner(self, device: torch.device) -> torch.Tensor:
         """The rank of each node ``[n]``, on ``device`` (where a protocol's messages are)."""
-        if self.owner.device != device:
-            return self.owner.to(device)
-        return self.owner
+        if device not in self._owners:
+            self._owners[device] = self.owner.to(device)
+        return self._owners[device]
 
     def _edges_agree(self, messages: Messages, src_rank: torch.Tensor) -> bool:
         """Whether every rank's messages name, for each rank's senders, the edges that

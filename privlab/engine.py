@@ -33,7 +33,7 @@ from torch import nn
 
 from privlab.context import Emissions, RoundContext
 from privlab.contract import all_finite, check_received, check_sent
-from privlab.devices import on_device, resolve_device
+from privlab.devices import MovedOnce, resolve_device
 from privlab.errors import PrivlabError, check, is_integer
 from privlab.gradient import GradientMechanism
 from privlab.models import activation_sizes
@@ -170,7 +170,7 @@ class Engine(abc.ABC):
         protocol.setup(self.context)
         if gradient is not None:
             gradient.setup(self.context)
-        self._last_plan: tuple[object, object] | None = None
+        self._plan_to_device = MovedOnce(self.device)
         initial_models = self.spec.flatten(model).to(self.device).repeat(self.num_nodes, 1)
         # a protocol's own state (a rumour's flags) may come from the CPU: moved here
         self.initial_state = protocol.initial_state(initial_models).to(self.device)
@@ -206,11 +206,7 @@ class Engine(abc.ABC):
     def _plan(self, round: int) -> object:
         """The protocol's plan of ``round`` on the engine's device (``on_device``); a plan
         object the protocol returns again (a static topology's) is moved once."""
-        plan = self.protocol.plan(round)
-        last = self._last_plan
-        if last is None or last[0] is not plan:
-            last = self._last_plan = (plan, on_device(plan, self.device))
-        return last[1]
+        return self._plan_to_device(self.protocol.plan(round))
 
     def _deliver(self, messages: Messages, round: int, exchange: int) -> Messages:
         """The messages as their receivers get them: as sent, in one process (the
